@@ -1,0 +1,152 @@
+"""``advplug`` command line: a thin layer over the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import AdvplugError
+from .params import parse_spec
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a model (flags override --config)")
+    p.add_argument("--config", help="TOML or JSON file with TrainConfig keys")
+    p.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run exactly where its last checkpoint left it")
+    p.add_argument("--dataset")
+    p.add_argument("--model", help="architecture name, e.g. mnist-cnn, preact-resnet18")
+    p.add_argument("--activation", help="activation of built-in models (relu, gelu, silu, ...)")
+    p.add_argument("--trainer", help="trainer, optionally with parameters: pgd-at:steps=7,alpha=0.01")
+    p.add_argument("--schedule", help="attack-parameter schedule with parameters, from a plugin")
+    p.add_argument("--transform", action="append", dest="transforms", help="model transform name:key=value (repeatable)")
+    p.add_argument("--norm", help="Linf or L2")
+    p.add_argument("--eps", help="radius in pixel space of [0,1] images, e.g. 0.3 or 8/255")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", help="sgd, adam or adamw")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lr-schedule", help="constant, multistep, cyclic, onecycle, cosine")
+    p.add_argument("--lr-milestones", help="comma-separated epochs for multistep, e.g. 50,75")
+    p.add_argument("--train-subset", type=int, help="train on N fixed samples (indices from --seed)")
+    p.add_argument("--test-subset", type=int, help="evaluate on N fixed test samples (indices from --eval-seed)")
+    p.add_argument("--monitor-size", type=int, help="held-out samples for the per-epoch PGD check (0: off)")
+    p.add_argument("--eval-steps", type=int, help="PGD steps of the final test evaluation (0: clean only)")
+    p.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    p.add_argument("--color-jitter", type=float, help="brightness/contrast/saturation jitter strength")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-seed", type=int)
+    p.add_argument("--data-root", help="default: $ADVPLUG_DATA, else ./data")
+    p.add_argument("--download", action="store_true", default=None, help="download missing datasets (needs internet)")
+    p.add_argument("--no-verify-checksums", action="store_true",
+                   help="load local dataset copies that fail torchvision's md5 check (re-packed copies)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--out", help="output directory (default runs/latest)")
+    p.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep every epoch's checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from .engine import train
+
+    overrides = {
+        "dataset": args.dataset, "model": args.model, "norm": args.norm, "eps": args.eps,
+        "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
+        "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
+        "lr_schedule": args.lr_schedule, "train_subset": args.train_subset,
+        "test_subset": args.test_subset, "monitor_size": args.monitor_size,
+        "eval_steps": args.eval_steps, "seed": args.seed, "eval_seed": args.eval_seed,
+        "data_root": args.data_root, "download": args.download, "device": args.device,
+        "out": args.out, "keep_checkpoints": args.keep_checkpoints, "transforms": args.transforms,
+    }
+    if args.trainer:
+        overrides["trainer"], params = parse_spec(args.trainer)
+        overrides["trainer_params"] = params or None
+    if args.schedule:
+        overrides["schedule"], params = parse_spec(args.schedule)
+        overrides["schedule_params"] = params or None
+    if args.activation:
+        overrides["model_params"] = {"activation": args.activation}
+    if args.lr_milestones:
+        try:
+            overrides["lr_milestones"] = [float(m) for m in args.lr_milestones.split(",")]
+        except ValueError:
+            raise AdvplugError(f"--lr-milestones {args.lr_milestones!r}: write epochs like 50,75") from None
+    if args.no_augment:
+        overrides["augment"] = {"crop": 0, "flip": False, "color_jitter": 0.0}
+    if args.color_jitter is not None:
+        overrides["augment"] = {**(overrides.get("augment") or {}), "color_jitter": args.color_jitter}
+    if args.no_verify_checksums:
+        overrides["verify_checksums"] = False
+    if args.no_progress:
+        overrides["progress"] = False
+    try:
+        run = train(args.config, resume=args.resume, **overrides)
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with: advplug train --resume <out dir>", file=sys.stderr)
+        return 130
+    print(f"run written to {run.out_dir}/ (model.pt, metrics.jsonl, manifest.json)")
+    return 0
+
+
+def _add_plugins(sub):
+    p = sub.add_parser("plugins", help="list installed plugins and what each registered")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+
+
+def cmd_plugins(args) -> int:
+    from .host import get_host
+
+    rows = get_host().describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    vwidth = max(len(r["version"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['version']:<{vwidth}}  {r['source']}")
+        for kind, names in r["registered"].items():
+            print(f"{'':<{width}}  {'':<{vwidth}}    {kind.replace('_', ' ')}: {', '.join(names)}")
+        for err in r["errors"]:
+            print(f"{'':<{width}}  {'':<{vwidth}}    ERROR {err}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="advplug", description="Adversarial training and robustness evaluation with plugins")
+    parser.add_argument("--version", action="version", version=f"advplug {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_plugins(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except AdvplugError as exc:
+        print(f"advplug: error: {exc}", file=sys.stderr)
+        return 2
+    _warn_plugin_errors(args)
+    return code
+
+
+def _warn_plugin_errors(args):
+    if args.command == "plugins":
+        return
+    from . import host
+
+    if host._HOST is not None:
+        for err in host._HOST.errors:
+            if err.where == "import":
+                print(f"advplug: warning: {err}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

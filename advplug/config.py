@@ -1,0 +1,123 @@
+"""The training configuration: defaults < ``--config run.toml`` < command-line flags."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import AdvplugError
+from .threat import Threat
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "multistep", "cyclic", "onecycle", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    dataset: str = "mnist"
+    model: str = "mnist-cnn"
+    model_params: dict = field(default_factory=dict)
+    trainer: str = "standard"
+    trainer_params: dict = field(default_factory=dict)
+    schedule: str | None = None  # attack-parameter schedule from a plugin
+    schedule_params: dict = field(default_factory=dict)
+    transforms: list = field(default_factory=list)  # "name:key=value,..." applied in order
+    # threat model, pixel space
+    norm: str = "Linf"
+    eps: float = 0.3
+    # optimization
+    epochs: int = 1
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "constant"
+    lr_milestones: list = field(default_factory=list)  # epochs (floats allowed); multistep
+    lr_gamma: float = 0.1
+    # data
+    data_root: str | None = None
+    download: bool = False
+    verify_checksums: bool = True
+    train_subset: int | None = None
+    test_subset: int | None = None
+    augment: dict | None = None  # {"crop": 4, "flip": true, "color_jitter": 0.0}; None: dataset default
+    # monitoring and evaluation
+    monitor_size: int = 256  # held-out training samples for the per-epoch clean/PGD-10 check; 0: off
+    monitor_steps: int = 10
+    eval_steps: int = 10  # PGD steps of the final test evaluation; 0: clean accuracy only
+    eval_seed: int = 42  # picks the test subset: identical for every model and training seed
+    # run
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/latest"
+    keep_checkpoints: bool = False  # also keep checkpoints/epoch_NNN.pt
+    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+
+    @property
+    def threat(self) -> Threat:
+        return Threat(self.norm, self.eps)
+
+    def validate(self) -> "TrainConfig":
+        threat = self.threat  # raises on a bad norm or ε
+        self.norm, self.eps = threat.norm, threat.eps
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise AdvplugError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise AdvplugError(f"{name} must be >= 1 (or unset for the whole split), got {value}")
+        if self.optimizer.lower() not in OPTIMIZERS:
+            raise AdvplugError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule.lower() not in LR_SCHEDULES:
+            raise AdvplugError(f"unknown lr_schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+        if self.lr <= 0:
+            raise AdvplugError(f"lr must be > 0, got {self.lr}")
+        self.optimizer, self.lr_schedule = self.optimizer.lower(), self.lr_schedule.lower()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise AdvplugError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def read_config_file(path) -> dict:
+    """A TOML (``run.toml``) or JSON (e.g. a run's ``config.json``) file as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdvplugError(f"config file {path} not found")
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return tomllib.loads(path.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise AdvplugError(f"config file {path} cannot be parsed: {exc}") from None
+
+
+def make_config(config=None, **overrides) -> TrainConfig:
+    """From a TrainConfig, a dict, or a file path; ``overrides`` win (None values ignored)."""
+    if isinstance(config, TrainConfig):
+        values = config.to_dict()
+    elif isinstance(config, dict):
+        values = dict(config)
+    elif config is None:
+        values = {}
+    else:
+        values = read_config_file(config)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values).validate()

@@ -1,0 +1,349 @@
+"""The training loop: data, model, trainer, optimizer and LR schedule put together, with
+per-epoch metrics, monitor, atomic checkpoints, exact resume and lifecycle hooks."""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import manifest as manifest_mod
+from .checkpoint import CHECKPOINT_FORMAT, atomic_save, safe_load
+from .config import TrainConfig, make_config
+from .data import BatchLoader, load_split, subset_indices
+from .errors import AdvplugError
+from .host import get_host
+from .modelio import build_model, model_spec, save_model
+from .monitor import clean_and_pgd_accuracy
+from .params import check_params
+
+CLEAN_ACC_EVERY = 10  # batches between eval-mode clean-accuracy samples (adversarial trainers)
+REFRESH_EVERY = 10  # batches between progress-bar updates (each reads device tensors once)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AdvplugError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AdvplugError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_lr_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    """Stepped once per batch, so every schedule has iteration resolution."""
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler
+    if cfg.lr_schedule == "constant":
+        return None
+    if cfg.lr_schedule == "multistep":
+        milestones = cfg.lr_milestones or [cfg.epochs * 0.5, cfg.epochs * 0.75]
+        return sched.MultiStepLR(optimizer, [int(m * steps_per_epoch) for m in milestones], cfg.lr_gamma)
+    if cfg.lr_schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=total)
+    if cfg.lr_schedule == "cyclic":  # Wong et al.: linear 0 -> lr over 2/5 of training, then -> 0
+        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.4,
+                                anneal_strategy="linear", div_factor=1e4, final_div_factor=1e4,
+                                cycle_momentum=False)
+    return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, cycle_momentum=False)
+
+
+class Run:
+    """A training run in progress: what lifecycle hooks receive as ``run``."""
+
+    def __init__(self, cfg: TrainConfig, host=None, resume_state: dict | None = None):
+        self.config = cfg
+        self.host = host or get_host()
+        self.registry = self.host.registry
+        self.out_dir = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        self.history: list[dict] = []
+        self.epoch = 0  # epochs completed
+        self.stop_reason: str | None = None
+        self._build(resume_state)
+
+    # -- setup ----------------------------------------------------------------------
+
+    def _build(self, resume_state):
+        cfg, reg = self.config, self.registry
+        self.dataset = reg.get("datasets", cfg.dataset)
+        trainer_cls = reg.get("trainers", cfg.trainer)  # fail fast on unknown names
+        reg.get("models", cfg.model)
+        schedule = None
+        if cfg.schedule:
+            schedule = reg.get("schedules", cfg.schedule)(**cfg.schedule_params)
+        self.schedule = schedule
+        seed_everything(cfg.seed)
+
+        load = dict(data_root=cfg.data_root, download=cfg.download, verify_checksums=cfg.verify_checksums)
+        train_x, train_y = load_split(self.dataset, True, **load)
+        test_x, test_y = load_split(self.dataset, False, **load)
+        n_train = len(train_y)
+        if cfg.monitor_size >= n_train:
+            raise AdvplugError(f"monitor_size {cfg.monitor_size} leaves no training data ({n_train} samples)")
+        # held-out monitor samples first, then the training subset, from one seeded permutation
+        self.heldout_idx = subset_indices(n_train, cfg.monitor_size, cfg.seed)
+        rest = None if cfg.train_subset is None else min(cfg.train_subset, n_train - cfg.monitor_size)
+        self.train_idx = subset_indices(n_train, rest, cfg.seed, offset=cfg.monitor_size)
+        self.test_idx = subset_indices(len(test_y), cfg.test_subset and min(cfg.test_subset, len(test_y)),
+                                       cfg.eval_seed)
+        self.train_monitor_idx = self.train_idx[:cfg.monitor_size]
+        self.data = {"train": (train_x, train_y), "test": (test_x, test_y)}
+
+        augment = check_params(f"augment of {self.dataset.name}", cfg.augment or {}, self.dataset.augment)
+        self.loader = BatchLoader(train_x[self.train_idx], train_y[self.train_idx], cfg.batch_size,
+                                  shuffle=True, augment=augment, device=self.device, seed=cfg.seed)
+
+        self.spec = model_spec(cfg, self.dataset)
+        self.model = build_model(self.spec, reg).to(self.device)
+        self.trainer = trainer_cls(self.model, cfg.threat, **cfg.trainer_params)
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.lr_scheduler = make_lr_scheduler(cfg, self.optimizer, len(self.loader))
+        self.manifest = manifest_mod.new_manifest(self)
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    def _restore(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state.get("lr_scheduler"):
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.trainer.load_state_dict(state.get("trainer", {}))
+        self.loader.generator.set_state(state["loader_rng"])
+        set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+        self.history = list(state.get("history", []))
+        previous = state.get("manifest") or {}
+        self.manifest["epoch_times_s"] = list(previous.get("epoch_times_s", []))
+        self.manifest["resumed"] = list(previous.get("resumed", [])) + [
+            {"at_epoch": self.epoch, "time": manifest_mod.now()}]
+        self.manifest["started"] = previous.get("started", self.manifest["started"])
+
+    # -- files ----------------------------------------------------------------------
+
+    def write_start_files(self):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        subsets = {"seed": self.config.seed, "eval_seed": self.config.eval_seed,
+                   "heldout_monitor": self.heldout_idx.tolist(),
+                   "train_monitor": self.train_monitor_idx.tolist(),
+                   "train": self.train_idx.tolist(), "test": self.test_idx.tolist()}
+        (self.out_dir / "subsets.json").write_text(json.dumps(subsets) + "\n")
+        metrics = self.out_dir / "metrics.jsonl"
+        # keep only the epochs the checkpoint knows (a crash may have written one more)
+        metrics.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        manifest_mod.write(self)
+
+    def checkpoint(self):
+        state = {
+            "format": CHECKPOINT_FORMAT, "version": 1, "epoch": self.epoch,
+            "config": self.config.to_dict(), "spec": self.spec,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "trainer": self.trainer.state_dict(), "loader_rng": self.loader.generator.get_state(),
+            "rng": rng_state(), "history": self.history, "manifest": self.manifest,
+        }
+        ckpt_dir = self.out_dir / "checkpoints"
+        atomic_save(state, ckpt_dir / "last.pt")
+        if self.config.keep_checkpoints:
+            atomic_save(state, ckpt_dir / f"epoch_{self.epoch:03d}.pt")
+
+    # -- the loop -------------------------------------------------------------------
+
+    def train_epoch(self) -> dict:
+        cfg, model, trainer, opt = self.config, self.model, self.trainer, self.optimizer
+        model.train()
+        dev = self.device
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev)
+        clean_correct = torch.zeros((), device=dev)
+        seen = clean_seen = 0
+        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        bar = tqdm(total=len(self.loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   disable=not show, leave=False, dynamic_ncols=True)
+        for i, (x, y) in enumerate(self.loader):
+            out = trainer.step(x, y)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            if self.lr_scheduler is not None:
+                self.lr_scheduler.step()
+            n = y.shape[0]
+            seen += n
+            loss_sum += out.loss.detach() * n
+            correct += (out.logits.detach().argmax(1) == y).sum()
+            if out.clean_logits is not None:
+                clean_correct += (out.clean_logits.detach().argmax(1) == y).sum()
+                clean_seen += n
+            elif i % CLEAN_ACC_EVERY == 0:
+                model.eval()
+                with torch.no_grad():
+                    clean_correct += (model(x).argmax(1) == y).sum()
+                model.train()
+                clean_seen += n
+            if show and (i % REFRESH_EVERY == 0 or i == len(self.loader) - 1):
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
+                                **{"adv" if trainer.adversarial else "acc": f"{100 * correct.item() / seen:.1f}%"},
+                                clean=f"{100 * clean_correct.item() / max(clean_seen, 1):.1f}%")
+            bar.update(1)
+        bar.close()
+        return {
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": 100 * correct.item() / max(seen, 1),
+            "train_clean_acc": 100 * clean_correct.item() / max(clean_seen, 1),
+            "train_samples": seen,
+        }
+
+    def monitor(self) -> dict:
+        cfg = self.config
+        if not cfg.monitor_size:
+            return {}
+        x, y = self.data["train"]
+        out = {}
+        for name, idx in (("heldout", self.heldout_idx), ("train", self.train_monitor_idx)):
+            clean, pgd = clean_and_pgd_accuracy(self.model, x[idx], y[idx], self.trainer.threat,
+                                                cfg.monitor_steps, device=self.device)
+            out[f"monitor_{name}_clean_acc"] = clean
+            out[f"monitor_{name}_pgd_acc"] = pgd
+        return out
+
+    def fit(self) -> "Run":
+        cfg = self.config
+        self.write_start_files()
+        self.host.call("advplug_train_start", run=self)
+        while self.epoch < cfg.epochs:
+            attack_params = {}
+            if self.schedule is not None:
+                attack_params = self.schedule(self.epoch / cfg.epochs, self.epoch, cfg.threat,
+                                              dict(self.trainer.params)) or {}
+                self.trainer.set_attack_params(**attack_params)
+            start = time.perf_counter()
+            metrics = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            metrics.update(self.train_epoch())
+            metrics["epoch_time_s"] = time.perf_counter() - start
+            mon_start = time.perf_counter()
+            metrics.update(self.monitor())
+            metrics["monitor_time_s"] = time.perf_counter() - mon_start
+            metrics["eps"] = self.trainer.threat.eps
+            metrics.update({f"attack_{k}": v for k, v in attack_params.items() if k != "eps"})
+            self.epoch += 1
+            self.host.call("advplug_epoch_end", run=self, epoch=self.epoch, metrics=metrics)
+            self.history.append(metrics)
+            self.manifest["epoch_times_s"].append(metrics["epoch_time_s"])
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            self.checkpoint()
+            manifest_mod.write(self)
+            print(format_epoch(metrics, self.trainer.adversarial, cfg.monitor_steps), flush=True)
+            reason = self.host.call_first("advplug_should_stop", run=self, epoch=self.epoch, metrics=metrics)
+            if reason:
+                self.stop_reason = str(reason)
+                print(f"stopping after epoch {self.epoch}: {self.stop_reason}", flush=True)
+                break
+        save_model(self.model, self.spec, self.out_dir / "model.pt", epoch=self.epoch)
+        self.final_eval = self.evaluate_test()
+        (self.out_dir / "final_eval.json").write_text(json.dumps(self.final_eval, indent=2) + "\n")
+        self.host.call("advplug_train_end", run=self)
+        manifest_mod.write(self, finished=True)
+        return self
+
+    def evaluate_test(self) -> dict:
+        cfg = self.config
+        x, y = self.data["test"]
+        clean, pgd = clean_and_pgd_accuracy(self.model, x[self.test_idx], y[self.test_idx],
+                                            cfg.threat, cfg.eval_steps, device=self.device)
+        result = {"split": "test", "samples": len(self.test_idx), "eval_seed": cfg.eval_seed,
+                  "threat": {"norm": cfg.norm, "eps": cfg.eps}, "clean_acc": clean,
+                  "pgd_steps": cfg.eval_steps, "pgd_acc": pgd,
+                  "attack": f"torchattacks PGD{'L2' if cfg.norm == 'L2' else ''}, "
+                            f"alpha=2.5*eps/steps, random start, eval mode"}
+        line = f"test ({len(self.test_idx)} samples): clean {clean:.2f}%"
+        if pgd is not None:
+            line += f", PGD-{cfg.eval_steps} ({cfg.threat}) {pgd:.2f}%"
+        print(line, flush=True)
+        return result
+
+
+def format_epoch(m: dict, adversarial: bool, monitor_steps: int) -> str:
+    parts = [f"epoch {m['epoch']}", f"loss {m['train_loss']:.4f}",
+             f"train {'adv ' if adversarial else ''}acc {m['train_acc']:.2f}%",
+             f"lr {m['lr']:.4g}", f"{m['epoch_time_s']:.1f}s"]
+    if "monitor_heldout_pgd_acc" in m:
+        parts.append(f"held-out clean {m['monitor_heldout_clean_acc']:.1f}% "
+                     f"PGD-{monitor_steps} {m['monitor_heldout_pgd_acc']:.1f}%")
+    return " | ".join(parts)
+
+
+def load_resume_state(path) -> dict:
+    """``path`` is a checkpoint file or a run directory (its checkpoints/last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    return safe_load(path, formats=(CHECKPOINT_FORMAT,))
+
+
+RESUMABLE_OVERRIDES = ("epochs", "out", "device", "data_root", "progress")
+
+
+def train(config=None, *, resume=None, host=None, **overrides) -> Run:
+    """Train from a config (TrainConfig, dict, or TOML/JSON path) plus keyword overrides,
+    or continue a run exactly with ``resume=`` a run directory or checkpoint."""
+    state = None
+    if resume is not None:
+        state = load_resume_state(resume)
+        blocked = sorted(k for k, v in overrides.items() if v is not None and k not in RESUMABLE_OVERRIDES)
+        if blocked:
+            raise AdvplugError(f"--resume continues the saved config; cannot change {', '.join(blocked)} "
+                               f"(changeable: {', '.join(RESUMABLE_OVERRIDES)})")
+        cfg = make_config(state["config"], **overrides)
+        if "out" not in overrides or overrides.get("out") is None:
+            cfg.out = str(Path(resume) if Path(resume).is_dir() else Path(resume).parent.parent)
+    else:
+        cfg = make_config(config, **overrides)
+    return Run(cfg, host=host, resume_state=state).fit()

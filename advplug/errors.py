@@ -1,0 +1,9 @@
+"""The one exception type that reaches the user as a single clear line."""
+
+
+class AdvplugError(Exception):
+    """A problem with the user's input or environment, stated with how to fix it.
+
+    The CLI prints ``advplug: error: <message>`` and exits with status 2; the Python
+    API lets it propagate. Anything else that escapes is a bug in advplug or a plugin.
+    """

@@ -1,0 +1,136 @@
+"""The plugin contract: every hook advplug calls, with what it receives and returns.
+
+Plugins are modules (or objects) with functions marked ``@advplug.hookimpl`` whose names
+match the specs below. An installed distribution exposes its plugin through the
+entry-point group ``advplug``::
+
+    [project.entry-points.advplug]
+    my-plugin = "my_package.plugin"
+
+advplug's own attacks, trainers, models and datasets register through these same hooks
+(see ``advplug/builtins.py``): there is one path for built-ins and third parties.
+
+Fault isolation: each plugin's hook implementation is called on its own. One that raises
+is recorded (``advplug plugins`` shows the error, the CLI warns) and the others still
+run. Registering a name that another plugin already registered is an error that names
+both plugins.
+
+Registration hooks
+------------------
+Each receives ``registry``, a :class:`advplug.registry.Registrar` bound to one kind of
+thing and to the calling plugin. Call ``registry.add(name, obj, description="",
+aliases=())`` (or ``registry(name, obj)``) once per thing.
+
+Lifecycle hooks
+---------------
+The engine calls them with ``run``, the :class:`advplug.engine.Run` in progress (its
+``config``, ``model``, ``trainer``, ``optimizer``, ``out_dir``, ``history`` and
+``epoch``). They must not replace ``run.model``; changing weights is allowed only for
+hooks documented to do so (e.g. restoring a checkpoint before stopping).
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("advplug")
+hookimpl = pluggy.HookimplMarker("advplug")
+
+
+# -- registration -------------------------------------------------------------------
+
+@hookspec
+def advplug_register_attacks(registry):
+    """Register attacks: ``name -> factory(model, threat, **params) -> attack``.
+
+    ``attack(x, y) -> x_adv`` takes a batch in [0, 1] and returns adversarial inputs in
+    [0, 1] inside ``threat`` (an :class:`advplug.threat.Threat`, ε in pixel space). It
+    must not change the model's weights, mode or gradients.
+    """
+
+
+@hookspec
+def advplug_register_trainers(registry):
+    """Register trainers: ``name -> Trainer subclass``.
+
+    A trainer solves the inner maximization and returns the loss the optimizer
+    minimizes, one batch at a time; see :class:`advplug.trainers.base.Trainer`. It is
+    built as ``cls(model, threat, **params)`` and may own extra modules and optimizers
+    (saved with the run through ``state_dict``/``load_state_dict``).
+    """
+
+
+@hookspec
+def advplug_register_schedules(registry):
+    """Register schedules: ``name -> factory(**params) -> schedule``.
+
+    ``schedule(t, epoch, threat, params) -> dict`` maps training progress ``t`` in
+    [0, 1] (epoch index / epochs) to the attack parameters for that epoch, e.g.
+    ``{"eps": 0.1, "steps": 20}``. The engine applies the dict to the trainer through
+    ``Trainer.set_attack_params`` at every epoch start and logs it in the metrics.
+    """
+
+
+@hookspec
+def advplug_register_samplers(registry):
+    """Register batch samplers: ``name -> factory(**params) -> sampler``.
+
+    A sampler decides which part of a batch stays clean and which attack perturbs each
+    other part (mixed clean:adversarial training).
+    """
+
+
+@hookspec
+def advplug_register_model_transforms(registry):
+    """Register model transforms: ``name -> fn(model, **options) -> model``.
+
+    Applied after the model is built and before training, in the order given, and
+    recorded in the checkpoint so ``advplug.load_model`` rebuilds the same model.
+    """
+
+
+@hookspec
+def advplug_register_datasets(registry):
+    """Register datasets: ``name -> advplug.data.DatasetSpec``."""
+
+
+@hookspec
+def advplug_register_models(registry):
+    """Register architectures: ``name -> factory(num_classes, in_channels, mean, std,
+    activation="relu", input_size=32, **kwargs) -> nn.Module``.
+
+    The module takes inputs in [0, 1] and normalizes inside (``mean``/``std`` are the
+    dataset's); ``activation`` is a name or a zero-argument callable returning a module;
+    ``input_size`` is the image side (for networks with a fixed flatten size).
+    """
+
+
+# -- lifecycle ----------------------------------------------------------------------
+
+@hookspec
+def advplug_train_start(run):
+    """Called once before the first epoch (also when a run resumes)."""
+
+
+@hookspec
+def advplug_epoch_end(run, epoch, metrics):
+    """Called after each epoch with its metrics dict (1-based ``epoch``).
+
+    A plugin may add keys to ``metrics``; they are written to ``metrics.jsonl``.
+    """
+
+
+@hookspec(firstresult=True)
+def advplug_should_stop(run, epoch, metrics):
+    """Return a reason (a non-empty string) to stop training after this epoch, else None.
+
+    The first non-None answer wins. The epoch's checkpoint is already written; the
+    reason is printed and recorded in the run manifest. A plugin that restores an
+    earlier state (e.g. a catastrophic-overfitting guard) does so here, before
+    answering.
+    """
+
+
+@hookspec
+def advplug_train_end(run):
+    """Called once after training ends, stopped early or not; ``run.history`` holds
+    every epoch's metrics."""

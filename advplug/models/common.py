@@ -1,0 +1,47 @@
+"""Pieces every built-in architecture shares: input normalization and the activation."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import AdvplugError
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+}
+
+
+def activation_factory(activation):
+    """A zero-argument callable returning a fresh activation module.
+
+    ``activation`` is a name from ``ACTIVATIONS`` or already such a callable (a module
+    class, or e.g. ``lambda: nn.Softplus(beta=10)``), so a transform can swap it.
+    """
+    if callable(activation):
+        return activation
+    try:
+        return ACTIVATIONS[str(activation).lower()]
+    except KeyError:
+        raise AdvplugError(
+            f"unknown activation {activation!r}; use one of {', '.join(ACTIVATIONS)} "
+            f"or pass a callable returning an nn.Module"
+        ) from None
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, as the first layer: the model takes [0, 1] inputs."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+    def extra_repr(self):
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"

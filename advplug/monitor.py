@@ -1,0 +1,43 @@
+"""Clean and PGD accuracy of a model on fixed samples: the per-epoch catastrophic-
+overfitting monitor and the end-of-run test evaluation. The attack is torchattacks'
+PGD (Linf) or PGDL2, run in eval mode on fresh adversarial examples."""
+from __future__ import annotations
+
+import torch
+import torchattacks
+
+from .threat import Threat
+
+
+def pgd_attack(model, threat: Threat, steps: int, alpha: float | None = None):
+    """torchattacks PGD for the threat; α defaults to 2.5·ε/steps (Madry et al.)."""
+    alpha = alpha if alpha is not None else 2.5 * threat.eps / max(steps, 1)
+    cls = torchattacks.PGD if threat.norm == "Linf" else torchattacks.PGDL2
+    return cls(model, eps=threat.eps, alpha=alpha, steps=steps, random_start=True)
+
+
+def clean_and_pgd_accuracy(model, images, labels, threat: Threat, steps: int, batch_size: int = 256,
+                           device="cpu") -> tuple[float, float | None]:
+    """(clean accuracy, PGD-``steps`` accuracy) in percent; images uint8 or float [0, 1].
+    ``steps=0`` skips the attack. The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    attack = pgd_attack(model, threat, steps) if steps and threat.eps > 0 else None
+    clean = robust = torch.zeros((), device=device)
+    try:
+        for start in range(0, len(labels), batch_size):
+            x = images[start:start + batch_size].to(device)
+            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+            y = labels[start:start + batch_size].to(device)
+            with torch.no_grad():
+                clean = clean + (model(x).argmax(1) == y).sum()
+            if attack is not None:
+                x_adv = attack(x, y)
+                with torch.no_grad():
+                    robust = robust + (model(x_adv).argmax(1) == y).sum()
+    finally:
+        model.train(was_training)
+    n = max(len(labels), 1)
+    clean_acc = 100.0 * clean.item() / n
+    robust_acc = 100.0 * robust.item() / n if attack is not None else (clean_acc if steps else None)
+    return clean_acc, robust_acc

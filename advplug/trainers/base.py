@@ -1,0 +1,74 @@
+"""The trainer contract: one training step, i.e. the inner maximization and the loss."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..params import check_params
+from ..threat import Threat
+
+
+@dataclass
+class StepOutput:
+    """``loss``: what the optimizer minimizes. ``logits``: the model's output on the
+    inputs the loss was computed on (adversarial ones for adversarial trainers), for the
+    running accuracy. ``clean_logits``: output on clean inputs if the step had it."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    clean_logits: torch.Tensor | None = None
+
+
+class Trainer:
+    """Subclass, set ``defaults`` (every parameter with its default) and write ``step``.
+
+    Built as ``cls(model, threat, **params)``; unknown parameters are rejected. The engine
+    owns the model's optimizer and calls ``loss.backward()`` and ``optimizer.step()``;
+    a trainer with modules of its own (e.g. a generator) trains them inside ``step`` and
+    saves them through ``state_dict``/``load_state_dict``.
+    """
+
+    name = "trainer"
+    adversarial = True  #: False for trainers that never perturb (the clean baseline)
+    defaults: dict = {}
+
+    def __init__(self, model: torch.nn.Module, threat: Threat, **params):
+        self.model = model
+        self.threat = threat
+        self.params = check_params(f"trainer {self.name!r}", params, self.defaults)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def set_attack_params(self, **values):
+        """Called by schedules each epoch: ``eps`` changes the threat's radius, other
+        keys the trainer's parameters of that name."""
+        values = dict(values)
+        if "eps" in values:
+            self.threat = Threat(self.threat.norm, values.pop("eps"))
+        self.params.update(check_params(f"trainer {self.name!r}", values, self.defaults))
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def perturbation(model, x, y, threat: Threat, steps: int, alpha: float, random_start: bool = True):
+    """Inner maximization by projected steepest ascent on the cross-entropy loss.
+
+    ``steps=1, alpha=1.25ε, random_start=True`` is FGSM-RS; more steps are PGD. Runs in
+    the model's current mode (training mode during training, as in Madry et al. and Wong
+    et al.) and differentiates with respect to δ only, so no parameter gradient is touched.
+    """
+    delta = threat.random_init(x) if random_start else torch.zeros_like(x)
+    delta = threat.project(delta, x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = threat.project(delta.detach() + threat.ascent(grad, alpha), x)
+    return delta.detach()

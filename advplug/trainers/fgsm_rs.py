@@ -1,0 +1,17 @@
+import torch.nn.functional as F
+
+from .base import StepOutput, Trainer, perturbation
+
+
+class FGSMRSTrainer(Trainer):
+    """Wong et al. (2020), "Fast is better than free": one FGSM step of size α = 1.25·ε
+    from a uniform random start in the ε-ball (``alpha_ratio`` scales ε)."""
+
+    name = "fgsm-rs"
+    defaults = {"alpha_ratio": 1.25}
+
+    def step(self, x, y):
+        alpha = self.params["alpha_ratio"] * self.threat.eps
+        delta = perturbation(self.model, x, y, self.threat, 1, alpha, random_start=True)
+        logits = self.model(x + delta)
+        return StepOutput(F.cross_entropy(logits, y), logits)

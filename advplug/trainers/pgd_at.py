@@ -1,0 +1,21 @@
+import torch.nn.functional as F
+
+from .base import StepOutput, Trainer, perturbation
+
+
+class PGDTrainer(Trainer):
+    """Madry et al. (2018): train on PGD examples, K steps from a random start.
+
+    ``alpha`` defaults to 2.5·ε/K (Madry et al.'s rule), recomputed when a schedule
+    changes ε or K.
+    """
+
+    name = "pgd-at"
+    defaults = {"steps": 10, "alpha": None, "random_start": True}
+
+    def step(self, x, y):
+        steps = int(self.params["steps"])
+        alpha = self.params["alpha"] or 2.5 * self.threat.eps / max(steps, 1)
+        delta = perturbation(self.model, x, y, self.threat, steps, alpha, self.params["random_start"])
+        logits = self.model(x + delta)
+        return StepOutput(F.cross_entropy(logits, y), logits)
