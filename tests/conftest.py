@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from advplug import host as host_mod
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The offline data root: $ADVPLUG_DATA, else ../shared/data beside the repo."""
+    root = Path(os.environ.get("ADVPLUG_DATA") or DEFAULT_DATA)
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"MNIST not found under {root}; set ADVPLUG_DATA")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch):
+    """Each test gets its own process-wide host and fixed torch threads/seed."""
+    host_mod.reset_host(None)
+    torch.manual_seed(0)
+    yield
+    host_mod.reset_host(None)
+
+
+def tiny_config(tmp_path, data_root, **overrides):
+    """A run that takes a second or two on CPU: 512 MNIST images, tiny monitor and test."""
+    cfg = dict(dataset="mnist", model="mnist-cnn", trainer="standard", epochs=1, batch_size=64,
+               train_subset=512, test_subset=128, monitor_size=64, monitor_steps=2, eval_steps=2,
+               data_root=str(data_root), out=str(tmp_path / "run"), progress=False, seed=0)
+    cfg.update(overrides)
+    return cfg
