@@ -6,10 +6,11 @@ from .common import Normalize, activation_factory
 
 
 class PreActBlock(nn.Module):
-    expansion = 1
+    """BN-act-conv twice with an identity (or 1x1 conv) shortcut; also WideResNet's block."""
 
-    def __init__(self, in_planes, planes, stride, act):
+    def __init__(self, in_planes, planes, stride, act, drop_rate=0.0):
         super().__init__()
+        self.drop_rate = drop_rate
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.act1 = act()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -23,9 +24,10 @@ class PreActBlock(nn.Module):
     def forward(self, x):
         out = self.act1(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(self.act2(self.bn2(out)))
-        return out + shortcut
+        out = self.act2(self.bn2(self.conv1(out)))
+        if self.drop_rate:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return self.conv2(out) + shortcut
 
 
 class PreActResNet18(nn.Module):
