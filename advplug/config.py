@@ -16,6 +16,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "multistep", "cyclic", "onecycle", "cosine")
+#: dict keys whose overrides merge into the file's dict (other dicts, e.g. trainer_params,
+#: belong to one named trainer/schedule and are replaced whole)
+MERGED_KEYS = ("model_params", "augment")
 
 
 @dataclass
@@ -119,5 +122,10 @@ def make_config(config=None, **overrides) -> TrainConfig:
         values = {}
     else:
         values = read_config_file(config)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in MERGED_KEYS and isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}  # --activation refines the file's model_params
+        values[key] = value
     return TrainConfig.from_dict(values).validate()

@@ -63,7 +63,6 @@ class _CheckedCifar:
 
 
 def _cifar(base):
-    cls = type(f"Checked{base.__name__}", (_CheckedCifar, base), {})
 
     def files(root, train):
         folder = Path(root) / base.base_folder
@@ -71,7 +70,7 @@ def _cifar(base):
         return [(folder / n, m) for n, m in split] + [(folder / base.meta["filename"], base.meta["md5"])]
 
     def load(root, train, download, verify):
-        cls.verify = verify
+        cls = type(f"Checked{base.__name__}", (_CheckedCifar, base), {"verify": verify})
         return cls(str(root), train=train, download=download)
 
     return files, load

@@ -17,7 +17,7 @@ both plugins.
 
 Registration hooks
 ------------------
-Each receives ``registry``, a :class:`advplug.registry.Registrar` bound to one kind of
+Each receives ``registry``, a :class:`advplug.registries.Registrar` bound to one kind of
 thing and to the calling plugin. Call ``registry.add(name, obj, description="",
 aliases=())`` (or ``registry(name, obj)``) once per thing.
 

@@ -14,7 +14,7 @@ from importlib import metadata
 import pluggy
 
 from . import hookspecs
-from .registry import KINDS, Registrar, Registry
+from .registries import KINDS, Registrar, Registry
 
 ENTRY_POINT_GROUP = "advplug"
 BUILTIN_PLUGIN = "advplug"
@@ -128,6 +128,7 @@ class Host:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
+            self.errors = [e for e in self.errors if not e.where.startswith("advplug_register_")]
             registry = Registry()
             for kind, (hook_name, _noun) in KINDS.items():
                 for impl in self._impls(hook_name):

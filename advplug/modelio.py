@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import torch
 
+import inspect
+
 from .checkpoint import MODEL_FORMAT, atomic_save, safe_load
+from .errors import AdvplugError
 from .params import parse_spec
+
+_SET_BY_ADVPLUG = ("num_classes", "in_channels", "mean", "std", "input_size")
 
 
 def model_spec(config, dataset_spec) -> dict:
@@ -24,9 +29,20 @@ def model_spec(config, dataset_spec) -> dict:
 
 def build_model(spec: dict, registry) -> torch.nn.Module:
     factory = registry.get("models", spec["arch"])
+    params = dict(spec.get("arch_params", {}))
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        accepted = sorted(set(signature.parameters) - set(_SET_BY_ADVPLUG))
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            raise AdvplugError(f"model {spec['arch']!r} has no parameter {', '.join(map(repr, unknown))}; "
+                               f"it takes: {', '.join(accepted)}")
     model = factory(num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                     mean=spec["mean"], std=spec["std"], input_size=spec["input_size"],
-                    **spec.get("arch_params", {}))
+                    **params)
     for transform in spec.get("transforms", []):
         name, options = parse_spec(transform)
         model = registry.get("model_transforms", name)(model, **options)

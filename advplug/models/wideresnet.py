@@ -3,6 +3,7 @@ Madry et al. and TRADES."""
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import AdvplugError
 from .common import Normalize, activation_factory
 from .preact_resnet import PreActBlock
 
@@ -12,7 +13,7 @@ class WideResNet(nn.Module):
                  depth=34, widen_factor=10, drop_rate=0.0, input_size=32):  # input_size unused
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
+            raise AdvplugError(f"WideResNet depth must be 6n+4 (e.g. 16, 28, 34), got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         act = activation_factory(activation)
