@@ -342,6 +342,11 @@ def train(config=None, *, resume=None, host=None, **overrides) -> Run:
             raise AdvplugError(f"--resume continues the saved config; cannot change {', '.join(blocked)} "
                                f"(changeable: {', '.join(RESUMABLE_OVERRIDES)})")
         cfg = make_config(state["config"], **overrides)
+        saved_epochs = state["config"]["epochs"]
+        if cfg.epochs != saved_epochs and cfg.lr_schedule in ("cyclic", "onecycle", "cosine"):
+            raise AdvplugError(
+                f"the {cfg.lr_schedule} LR schedule was laid out over {saved_epochs} epochs; resuming "
+                f"with --epochs {cfg.epochs} would break it. Resume without --epochs, or start a new run")
         if "out" not in overrides or overrides.get("out") is None:
             cfg.out = str(Path(resume) if Path(resume).is_dir() else Path(resume).parent.parent)
     else:

@@ -170,3 +170,9 @@ def test_resume_refuses_to_change_the_recipe(tmp_path, data_root):
         advplug.train(resume=tmp_path / "run", trainer="pgd-at")
     run = advplug.train(resume=tmp_path / "run", epochs=2)  # extending training is allowed
     assert run.epoch == 2 and len(_metrics(tmp_path / "run")) == 2
+
+
+def test_resume_refuses_to_stretch_a_schedule_laid_out_over_the_epochs(tmp_path, data_root):
+    advplug.train(tiny_config(tmp_path, data_root, lr_schedule="cyclic", monitor_size=0, eval_steps=0))
+    with pytest.raises(AdvplugError, match="cyclic LR schedule was laid out over 1 epochs"):
+        advplug.train(resume=tmp_path / "run", epochs=2)
