@@ -24,3 +24,10 @@ def advplug_register_trainers(registry):
 
     for cls in BUILTIN_TRAINERS:
         registry.add(cls.name, cls, description=(cls.__doc__ or "").strip().splitlines()[0])
+
+
+@hookimpl
+def advplug_register_attacks(registry):
+    from .attacks import torchattacks_adapters
+
+    torchattacks_adapters.register(registry)

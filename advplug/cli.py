@@ -115,6 +115,67 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="evaluate models against attacks on one identical test subset")
+    p.add_argument("--model", dest="models", action="append", default=[], help="advplug model.pt or checkpoint")
+    p.add_argument("--models", dest="more_models", nargs="+", default=[], help="several advplug models")
+    p.add_argument("--arch", help="registered architecture for a plain state_dict given with --weights")
+    p.add_argument("--model-factory", help="import path pkg.module:fn building the model, with --weights")
+    p.add_argument("--weights", help="plain state_dict for --arch or --model-factory")
+    p.add_argument("--normalize", help="MEAN/STD the external model expects, e.g. 0.1307/0.3081")
+    p.add_argument("--dataset", help="default: the dataset the models were trained on")
+    p.add_argument("--attacks", help="comma-separated specs, e.g. fgsm,pgd:steps=20,cw,autoattack "
+                                     "(default for mnist: the seed protocol " + "fgsm,pgd:steps=20,cw:steps=30,deepfool)")
+    p.add_argument("--norm", default="Linf")
+    p.add_argument("--eps", help="pixel space; default 0.3 for MNIST Linf, 8/255 otherwise")
+    p.add_argument("--test-subset", type=int, help="N fixed test images (indices from --seed)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--sanity", action="store_true", help="gradient-masking sanity checks")
+    p.add_argument("--sanity-samples", type=int, default=200)
+    p.add_argument("--data-root")
+    p.add_argument("--no-verify-checksums", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="directory for eval.json and eval.md")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from .engine import resolve_device
+    from .evaluate import run_evaluation
+    from .host import get_host
+    from .modelio import load_external_model
+    from .checkpoint import safe_load
+
+    registry = get_host().registry
+    device = resolve_device(args.device)
+    models = {}
+    for path in [*args.models, *args.more_models]:
+        from .modelio import load_model
+
+        models[Path(path).parent.name + "/" + Path(path).name] = (load_model(path, device, registry),
+                                                                  safe_load(path).get("spec"))
+    if args.arch or args.model_factory:
+        dataset = args.dataset or (next(iter(models.values()))[1] or {}).get("dataset") if models else args.dataset
+        if not dataset:
+            raise AdvplugError("--arch/--model-factory need --dataset")
+        model, spec = load_external_model(registry.get("datasets", dataset), registry, arch=args.arch,
+                                          factory=args.model_factory, weights=args.weights,
+                                          normalize=args.normalize)
+        models[args.arch or args.model_factory] = (model, spec)
+    if not models:
+        raise AdvplugError("nothing to evaluate: pass --model FILE, --models A B ..., or --arch/--model-factory with --weights")
+    run_evaluation(models, dataset=args.dataset, attacks=args.attacks, norm=args.norm, eps=args.eps,
+                   test_subset=args.test_subset, seed=args.seed, data_root=args.data_root,
+                   verify_checksums=not args.no_verify_checksums, batch_size=args.batch_size,
+                   device=str(device), sanity=args.sanity, sanity_samples=args.sanity_samples, out=args.out,
+                   registry=registry, progress=not args.no_progress and sys.stderr.isatty())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -122,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"advplug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_eval(sub)
     _add_plugins(sub)
     return parser
 

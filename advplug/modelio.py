@@ -63,3 +63,82 @@ def load_model(path, device="cpu", registry=None) -> torch.nn.Module:
     model = build_model(obj["spec"], registry)
     model.load_state_dict(obj["model"] if "model" in obj else obj["state_dict"])
     return model.to(device).eval()
+
+
+def _plain_state_dict(path):
+    from pathlib import Path
+
+    import torch as _torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise AdvplugError(f"weights file {path} not found")
+    try:
+        obj = _torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise AdvplugError(f"{path} is not a readable state_dict (read with weights_only=True): "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise AdvplugError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def parse_normalize(text):
+    """'0.4914,0.4822,0.4465/0.2471,0.2435,0.2616' -> (mean, std)."""
+    try:
+        mean, std = text.split("/")
+        return [float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]
+    except ValueError:
+        raise AdvplugError(f"--normalize {text!r}: write MEAN/STD with comma-separated channels, "
+                           f"e.g. 0.1307/0.3081") from None
+
+
+def load_external_model(dataset_spec, registry, *, arch=None, factory=None, weights=None, normalize=None):
+    """A model advplug did not train: a registered ``arch`` or an import-path ``factory``
+    ('pkg.module:fn') plus a plain state_dict; ``normalize`` ('MEAN/STD') puts the
+    normalization the model expects inside it, so it takes [0, 1] inputs like every other."""
+    import importlib
+
+    from torch import nn
+
+    from .models.common import Normalize
+
+    if arch:
+        spec = {"arch": arch, "arch_params": {}, "dataset": dataset_spec.name,
+                "num_classes": dataset_spec.num_classes, "in_channels": dataset_spec.channels,
+                "input_size": dataset_spec.size, "mean": [0.0] * dataset_spec.channels,
+                "std": [1.0] * dataset_spec.channels, "transforms": []}
+        if normalize:
+            spec["mean"], spec["std"] = parse_normalize(normalize)
+        model = build_model(spec, registry)
+        if weights:
+            state = _plain_state_dict(weights)
+            own = model.state_dict()
+            for key in ("normalize.mean", "normalize.std"):  # weights from elsewhere lack them
+                state.setdefault(key, own[key])
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise AdvplugError(f"{weights} does not fit architecture {arch!r}: "
+                                   f"{str(exc).splitlines()[0][:300]}") from None
+        return model.eval(), spec
+    module_name, _, fn_name = (factory or "").partition(":")
+    if not module_name or not fn_name:
+        raise AdvplugError(f"--model-factory {factory!r}: write an import path like pkg.module:build_model")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise AdvplugError(f"cannot import model factory {factory!r}: {exc}") from None
+    model = fn()
+    if weights:
+        try:
+            model.load_state_dict(_plain_state_dict(weights))
+        except RuntimeError as exc:
+            raise AdvplugError(f"{weights} does not fit {factory}: {str(exc).splitlines()[0][:300]}") from None
+    if normalize:
+        mean, std = parse_normalize(normalize)
+        model = nn.Sequential(Normalize(mean, std), model)
+    return model.eval(), {"factory": factory, "dataset": dataset_spec.name}

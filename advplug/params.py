@@ -30,8 +30,13 @@ def parse_value(text: str):
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
-    """'pgd-at:steps=7,alpha=0.01' -> ('pgd-at', {'steps': 7, 'alpha': 0.01})."""
-    name, _, rest = str(spec).partition(":")
+    """'pgd-at:steps=7,alpha=0.01' -> ('pgd-at', {'steps': 7, 'alpha': 0.01});
+    'torchattacks:pgd:steps=20' -> ('torchattacks:pgd', {'steps': 20})."""
+    parts = str(spec).split(":", 2)
+    if len(parts) >= 2 and "=" not in parts[1]:  # a namespaced name: torchattacks:pgd[:k=v]
+        name, rest = f"{parts[0]}:{parts[1]}", parts[2] if len(parts) > 2 else ""
+    else:
+        name, _, rest = str(spec).partition(":")
     params = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, sep, value = item.partition("=")

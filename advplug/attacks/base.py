@@ -1,0 +1,124 @@
+"""The attack contract and the checks every attack's output goes through.
+
+A registered attack is a factory ``factory(model, threat, **params) -> attack`` where
+``attack(x, y) -> x_adv`` (x in [0, 1], NCHW float, y int64 labels). Factories carry an
+:class:`AttackInfo` (set with :func:`attack_factory`) saying which library implements
+them, which norms they support, and whether they are minimal-perturbation attacks (CW,
+DeepFool: they search the smallest perturbation and ignore ε) or black-box.
+
+advplug never trusts an attack's output: :class:`CheckedAttack` runs it in eval mode,
+with the model's gradients and mode restored afterwards, and raises when x_adv leaves
+[0, 1] or (for bounded attacks) the threat ball. Minimal-perturbation outputs are
+projected onto the threat ball, and the median norm of the unprojected perturbation is
+kept for the report.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import AdvplugError
+from ..params import check_params
+from ..threat import Threat
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    library: str
+    norms: tuple = ("Linf", "L2")
+    minimal: bool = False  # minimal-perturbation attack: projected onto the ball, norm reported
+    black_box: bool = False
+    description: str = ""
+
+
+def attack_factory(library: str, norms=("Linf", "L2"), minimal=False, black_box=False, description=""):
+    """Decorator marking ``fn(model, threat, **params)`` as an attack factory."""
+    def mark(fn):
+        fn.attack_info = AttackInfo(library, tuple(norms), minimal, black_box, description or (fn.__doc__ or "").strip())
+        return fn
+    return mark
+
+
+def info_of(factory) -> AttackInfo:
+    return getattr(factory, "attack_info", None) or AttackInfo(library="plugin")
+
+
+def checked_params(name: str, params: dict, defaults: dict) -> dict:
+    """Merge user params into an attack's defaults; unknown keys are one clear error."""
+    return check_params(f"attack {name!r}", params, defaults)
+
+
+def split_attack_list(text: str) -> list[str]:
+    """'fgsm,pgd:steps=20,alpha=0.01,cw' -> ['fgsm', 'pgd:steps=20,alpha=0.01', 'cw']: a piece
+    with '=' and no ':' continues the previous attack's parameters."""
+    specs: list[str] = []
+    for piece in filter(None, (p.strip() for p in text.split(","))):
+        if specs and "=" in piece and ":" not in piece:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
+@dataclass
+class CheckedAttack:
+    """An attack bound to a model and threat, with its output checked."""
+
+    name: str
+    fn: object
+    threat: Threat
+    info: AttackInfo
+    params: dict = field(default_factory=dict)
+    perturbation_norms: list = field(default_factory=list)  # minimal attacks, before projection
+    seconds: float = 0.0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
+        start = time.perf_counter()
+        x = x.detach()
+        x_adv = self.fn(x, y)
+        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+            raise AdvplugError(f"attack {self.name!r} returned {type(x_adv).__name__} of shape "
+                               f"{getattr(x_adv, 'shape', None)}, expected a tensor shaped {tuple(x.shape)}")
+        x_adv = x_adv.detach().to(x.device, x.dtype)
+        if self.info.minimal:
+            delta = (x_adv - x).flatten(1)
+            norm = delta.abs().amax(1) if self.threat.norm == "Linf" else delta.norm(dim=1)
+            self.perturbation_norms.append(norm.cpu())
+            x_adv = x + self.threat.project(x_adv - x, x)
+        self._check(x_adv, x)
+        self.seconds += time.perf_counter() - start
+        return x_adv
+
+    def _check(self, x_adv, x, tol=1e-5):
+        low, high = x_adv.min().item(), x_adv.max().item()
+        if low < -tol or high > 1 + tol:
+            raise AdvplugError(f"attack {self.name!r} left the image box: x_adv in [{low:.4g}, {high:.4g}], "
+                               f"not [0, 1]; the attack is broken or expects another input range")
+        d = (x_adv - x).flatten(1)
+        size = (d.abs().amax(1) if self.threat.norm == "Linf" else d.norm(dim=1)).max().item()
+        if size > self.threat.eps + max(tol, 1e-4 * self.threat.eps):
+            raise AdvplugError(f"attack {self.name!r} left the threat ball: {self.threat.norm} perturbation "
+                               f"{size:.6g} > ε = {self.threat.eps:.6g}; its numbers would be invalid")
+
+    @property
+    def median_norm(self) -> float | None:
+        if not self.perturbation_norms:
+            return None
+        return torch.cat(self.perturbation_norms).median().item()
+
+
+def build_attack(registry, spec: str, model, threat: Threat) -> CheckedAttack:
+    """``spec`` is ``name`` or ``name:key=value,...`` (names may be namespaced:
+    ``torchattacks:pgd:steps=20``)."""
+    from ..params import parse_spec
+
+    name, params = parse_spec(spec)
+    entry = registry.entry("attacks", name)
+    info = info_of(entry.obj)
+    if threat.norm not in info.norms:
+        raise AdvplugError(f"attack {entry.name!r} does not support the {threat.norm} threat model "
+                           f"(supports {', '.join(info.norms)})")
+    fn = entry.obj(model, threat, **params)
+    return CheckedAttack(entry.name, fn, threat, info, params)

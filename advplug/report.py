@@ -1,0 +1,65 @@
+"""Evaluation reports: a table on stdout, Markdown and JSON files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def table_rows(results: dict) -> tuple[list, list]:
+    attacks = []
+    for res in results.values():
+        for row in res["attacks"]:
+            if row["attack"] not in attacks:
+                attacks.append(row["attack"])
+    header = ["model", "clean", *attacks, "worst", "mean", "gap", "attack s"]
+    rows = []
+    for name, res in results.items():
+        by = {r["attack"]: r["robust_acc"] for r in res["attacks"]}
+        rows.append([name, _fmt(res["clean_acc"]), *[_fmt(by.get(a)) for a in attacks],
+                     _fmt(res["worst_case_acc"]), _fmt(res["mean_robust_acc"]),
+                     _fmt(res["best_minus_worst"]), _fmt(res["total_seconds"], 1)])
+    return header, rows
+
+
+def text_table(results: dict) -> str:
+    header, rows = table_rows(results)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def markdown_table(results: dict) -> str:
+    header, rows = table_rows(results)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = {name: {**res, "attacks": [{k: v for k, v in r.items() if not k.startswith("_")}
+                                       for r in res["attacks"]]} for name, res in results.items()}
+    json_path = out_dir / "eval.json"
+    json_path.write_text(json.dumps({**meta, "models": clean}, indent=2) + "\n")
+    notes = [f"- {name} / {r['attack']}: {r['note']}" for name, res in results.items()
+             for r in res["attacks"] if r.get("note")]
+    warnings = [f"- {name}: {c['warning']}" for name, res in results.items()
+                for c in res.get("sanity", []) if c.get("warning")]
+    md = [f"# Robustness evaluation", "",
+          f"{meta['dataset']}, {meta['threat']['norm']} ε = {meta['threat']['eps']:.6g} (pixel space), "
+          f"{meta['samples']} test images (indices from seed {meta['seed']}; identical for every model). "
+          f"Accuracies in %; worst = per-sample worst case over all attacks; gap = best − worst attack.", "",
+          markdown_table(results), ""]
+    if notes:
+        md += ["Notes:", *notes, ""]
+    if warnings:
+        md += ["Sanity-check warnings:", *warnings, ""]
+    md_path = out_dir / "eval.md"
+    md_path.write_text("\n".join(md))
+    return json_path, md_path
