@@ -35,3 +35,21 @@ def tiny_config(tmp_path, data_root, **overrides):
                data_root=str(data_root), out=str(tmp_path / "run"), progress=False, seed=0)
     cfg.update(overrides)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def standard_model_path(tmp_path_factory, data_root):
+    """A standard (non-robust) mnist-cnn: 2,048 images, 2 epochs; ~98% of them right."""
+    import advplug
+
+    out = tmp_path_factory.mktemp("standard")
+    advplug.train(tiny_config(out, data_root, train_subset=2048, epochs=2, optimizer="adam", lr=1e-3,
+                              weight_decay=0.0, monitor_size=0, eval_steps=0))
+    return out / "run" / "model.pt"
+
+
+@pytest.fixture
+def standard_model(standard_model_path):
+    import advplug
+
+    return advplug.load_model(standard_model_path)

@@ -18,14 +18,6 @@ def mnist_test(data_root):
     return x[:256].float() / 255, y[:256]
 
 
-@pytest.fixture(scope="module")
-def standard_model(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("std")
-    advplug.train(tiny_config(out, data_root, train_subset=2048, epochs=2, optimizer="adam", lr=1e-3,
-                              weight_decay=0.0, monitor_size=0, eval_steps=0))
-    return advplug.load_model(out / "run" / "model.pt")
-
-
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.3), ("L2", 2.0)])
 @pytest.mark.parametrize("steps,alpha", [(1, None), (5, None)])
 def test_perturbation_stays_in_ball_and_box(standard_model, mnist_test, norm, eps, steps, alpha):
