@@ -28,6 +28,8 @@ def advplug_register_trainers(registry):
 
 @hookimpl
 def advplug_register_attacks(registry):
-    from .attacks import torchattacks_adapters
+    from .attacks import art_adapters, autoattack_adapter, torchattacks_adapters
 
     torchattacks_adapters.register(registry)
+    art_adapters.register(registry)
+    autoattack_adapter.register(registry)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .attacks.base import build_attack, split_attack_list
+from .attacks.base import build_attack, eval_frozen, split_attack_list
 from .data import load_split, subset_indices
 from .errors import AdvplugError
 from .threat import Threat
@@ -66,15 +66,9 @@ def predictions_correct(model, test, batch_size, device, attack=None, desc=None,
 def evaluate_model(model, test: TestSet, attacks: str, threat: Threat, registry, batch_size=256,
                    device="cpu", seed=42, progress=False) -> dict:
     """Clean and per-attack robust accuracy, worst case, mean, gap and time per attack."""
-    model = model.to(device).eval()
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)  # attacks need input gradients only; leave no grads on the model
-    try:
+    model = model.to(device)
+    with eval_frozen(model):  # attacks need input gradients only; leave none on the model
         return _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, progress)
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, progress):

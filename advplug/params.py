@@ -33,7 +33,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     """'pgd-at:steps=7,alpha=0.01' -> ('pgd-at', {'steps': 7, 'alpha': 0.01});
     'torchattacks:pgd:steps=20' -> ('torchattacks:pgd', {'steps': 20})."""
     parts = str(spec).split(":", 2)
-    if len(parts) >= 2 and "=" not in parts[1]:  # a namespaced name: torchattacks:pgd[:k=v]
+    if len(parts) >= 2 and parts[1] and "=" not in parts[1] and "," not in parts[1]:
+        # a namespaced name: torchattacks:pgd[:k=v]
         name, rest = f"{parts[0]}:{parts[1]}", parts[2] if len(parts) > 2 else ""
     else:
         name, _, rest = str(spec).partition(":")

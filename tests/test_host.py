@@ -279,7 +279,8 @@ def test_plugins_json(capsys):
     assert "advplug" in by_name
     row = by_name["advplug"]
     assert row["source"] == "built-in" and row["errors"] == []
-    assert set(row["registered"]) == {"trainers", "models", "datasets"}
+    assert set(row["registered"]) == {"attacks", "trainers", "models", "datasets"}
+    assert {"torchattacks:pgd", "art:pgd", "autoattack"} <= set(row["registered"]["attacks"])
     assert set(row["registered"]["trainers"]) == BUILTIN_TRAINERS
     assert set(row["registered"]["models"]) == BUILTIN_MODELS
     assert set(row["registered"]["datasets"]) == BUILTIN_DATASETS
@@ -342,7 +343,7 @@ def test_unknown_name_without_close_match_has_no_suggestion():
     assert "unknown dataset 'imagenet-21k'" in msg and "did you mean" not in msg
     assert all(name in msg for name in BUILTIN_DATASETS)
     with pytest.raises(AdvplugError, match="available: none"):
-        reg.get("attacks", "pgd")
+        reg.get("samplers", "mixed")
 
 
 def test_rebuilding_the_registry_does_not_duplicate_errors(plugin_module, capsys):

@@ -47,7 +47,6 @@ def test_parse_spec_without_params_and_with_spaces():
 
 
 @pytest.mark.parametrize("spec,item", [
-    ("pgd-at:steps", "steps"),
     ("pgd-at:steps=7,alpha", "alpha"),
     ("pgd-at:=3", "=3"),
 ])
@@ -57,6 +56,13 @@ def test_parse_spec_bad_item_is_one_clear_error(spec, item):
     msg = str(info.value)
     assert repr(item) in msg and repr(spec) in msg
     assert "key=value" in msg
+
+
+def test_namespaced_names_keep_their_namespace():
+    assert parse_spec("torchattacks:pgd:steps=20") == ("torchattacks:pgd", {"steps": 20})
+    assert parse_spec("art:cw-l2") == ("art:cw-l2", {})
+    # a bare word after the colon reads as a namespaced name; the registry then rejects it
+    assert parse_spec("pgd-at:steps") == ("pgd-at:steps", {})
 
 
 def test_check_params_merges_and_rejects_unknown_keys():

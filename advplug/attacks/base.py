@@ -6,14 +6,15 @@ A registered attack is a factory ``factory(model, threat, **params) -> attack`` 
 them, which norms they support, and whether they are minimal-perturbation attacks (CW,
 DeepFool: they search the smallest perturbation and ignore ε) or black-box.
 
-advplug never trusts an attack's output: :class:`CheckedAttack` runs it in eval mode,
-with the model's gradients and mode restored afterwards, and raises when x_adv leaves
-[0, 1] or (for bounded attacks) the threat ball. Minimal-perturbation outputs are
+advplug never trusts an attack's output: :class:`CheckedAttack` raises when x_adv leaves
+[0, 1] or (for bounded attacks) the threat ball. Evaluation runs attacks inside
+:func:`eval_frozen` (eval mode, no parameter gradients, both restored afterwards). Minimal-perturbation outputs are
 projected onto the threat ball, and the median norm of the unprojected perturbation is
 kept for the report.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,23 @@ import torch
 from ..errors import AdvplugError
 from ..params import check_params
 from ..threat import Threat
+
+
+@contextlib.contextmanager
+def eval_frozen(model):
+    """Eval mode and no parameter gradients while attacks run; restored afterwards."""
+    training = model.training
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(training)
 
 
 @dataclass(frozen=True)
