@@ -65,6 +65,9 @@ class Registry:
         known = sorted([*table, *self.aliases[kind]])
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
+        head = str(name).split(":")[0]
+        if ":" in str(name) and head in table:
+            hint = f" ({head!r} exists; give its parameters as {head}:key=value)"
         available = ", ".join(sorted(table)) or "none"
         raise AdvplugError(
             f"unknown {noun} {name!r}{hint}; available: {available} "
