@@ -1,7 +1,10 @@
 """torchattacks behind advplug's attack registry: a few lines per attack, no re-implementation.
 
-Names are namespaced (``torchattacks:pgd``) and the short name (``pgd``) is an alias,
-since torchattacks runs natively on torch tensors (no numpy round trip, unlike ART).
+Names are namespaced (``torchattacks:pgd``) and the short name (``pgd``) is an alias.
+``benchmarks/bench_attacks.py`` on a 2-core CPU (MNIST CNN, 256 images) put ART and
+torchattacks within noise of each other (PGD-20: 4.37 s vs 4.77 s; FGSM 0.30 vs 0.36 s);
+the aliases stay on torchattacks, which keeps tensors on the device (ART round-trips
+through numpy), until a GPU measurement says otherwise.
 ε always comes from the threat model (pixel space); step sizes default to 2.5·ε/steps
 for PGD-type attacks and ε/steps for the momentum/input-diversity family.
 """
