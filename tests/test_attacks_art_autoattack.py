@@ -15,7 +15,6 @@ from advplug.data import BUILTIN_DATASETS, load_split
 from advplug.errors import AdvplugError
 from advplug.registries import Registrar, Registry
 from advplug.threat import Threat
-from conftest import tiny_config
 
 ART_NAMES = {"art:fgsm", "art:pgd", "art:cw-l2", "art:cw-linf", "art:deepfool", "art:hopskipjump",
              "art:square", "art:boundary"}
@@ -30,12 +29,9 @@ def registry():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, data_root):
-    """A standard mnist-cnn: 2,048 images, 1 epoch (~90% clean accuracy)."""
-    out = tmp_path_factory.mktemp("art_aa")
-    advplug.train(tiny_config(out, data_root, train_subset=2048, epochs=1, optimizer="adam", lr=1e-3,
-                              weight_decay=0.0, monitor_size=0, eval_steps=0))
-    return advplug.load_model(out / "run" / "model.pt").eval()
+def model(standard_model_path):
+    """The session's standard mnist-cnn (conftest), in eval mode."""
+    return advplug.load_model(standard_model_path).eval()
 
 
 @pytest.fixture(scope="module")
