@@ -148,16 +148,14 @@ def cmd_eval(args) -> int:
     from .evaluate import run_evaluation
     from .host import get_host
     from .modelio import load_external_model
-    from .checkpoint import safe_load
 
     registry = get_host().registry
     device = resolve_device(args.device)
     models = {}
-    for path in [*args.models, *args.more_models]:
-        from .modelio import load_model
+    from .modelio import load_model_and_spec
 
-        models[Path(path).parent.name + "/" + Path(path).name] = (load_model(path, device, registry),
-                                                                  safe_load(path).get("spec"))
+    for path in [*args.models, *args.more_models]:
+        models[Path(path).parent.name + "/" + Path(path).name] = load_model_and_spec(path, device, registry)
     if args.arch or args.model_factory:
         dataset = args.dataset or (next(iter(models.values()))[1] or {}).get("dataset") if models else args.dataset
         if not dataset:

@@ -53,8 +53,9 @@ def save_model(model: torch.nn.Module, spec: dict, path, **extra) -> None:
     atomic_save({"format": MODEL_FORMAT, "spec": spec, "state_dict": model.state_dict(), **extra}, path)
 
 
-def load_model(path, device="cpu", registry=None) -> torch.nn.Module:
-    """Rebuild a model saved by advplug (final model or any checkpoint), in eval mode."""
+def load_model_and_spec(path, device="cpu", registry=None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model saved by advplug (final model or any checkpoint), in eval mode,
+    with the spec it was built from (one read of the file)."""
     if registry is None:
         from .host import get_host
 
@@ -62,7 +63,12 @@ def load_model(path, device="cpu", registry=None) -> torch.nn.Module:
     obj = safe_load(path)
     model = build_model(obj["spec"], registry)
     model.load_state_dict(obj["model"] if "model" in obj else obj["state_dict"])
-    return model.to(device).eval()
+    return model.to(device).eval(), obj["spec"]
+
+
+def load_model(path, device="cpu", registry=None) -> torch.nn.Module:
+    """Rebuild a model saved by advplug (final model or any checkpoint), in eval mode."""
+    return load_model_and_spec(path, device, registry)[0]
 
 
 def _plain_state_dict(path):
