@@ -118,9 +118,10 @@ BUILTIN_DATASETS = {
 
 # -- loading --------------------------------------------------------------------------
 
-def load_split(spec: DatasetSpec, train: bool, data_root=None, download=False, verify_checksums=True):
-    """Return ``(images uint8 [N,C,H,W], labels int64 [N])`` for one split."""
-    root = resolve_data_root(data_root)
+def check_split_files(spec: DatasetSpec, train: bool, root: Path, download=False, verify_checksums=True) -> list:
+    """Check one split's files under ``root``: missing (unless ``download``) or failing
+    md5 (unless ``verify_checksums`` is off) is one :class:`AdvplugError` saying how to fix
+    it. Returns the missing files (non-empty only when ``download`` may fetch them)."""
     split = "train" if train else "test"
     files = spec.files(root, train)
     missing = [str(p) for p, _ in files if not Path(p).is_file()]
@@ -139,6 +140,14 @@ def load_split(spec: DatasetSpec, train: bool, data_root=None, download=False, v
                 f"re-packed copy you trust (same pixels and labels), load it with "
                 f"--no-verify-checksums (config: verify_checksums = false)"
             )
+    return missing
+
+
+def load_split(spec: DatasetSpec, train: bool, data_root=None, download=False, verify_checksums=True):
+    """Return ``(images uint8 [N,C,H,W], labels int64 [N])`` for one split."""
+    root = resolve_data_root(data_root)
+    split = "train" if train else "test"
+    missing = check_split_files(spec, train, root, download, verify_checksums)
     try:
         ds = spec.load(root, train, download and bool(missing), verify_checksums)
     except AdvplugError:
