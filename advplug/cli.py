@@ -174,6 +174,106 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _add_benchmark(sub):
+    p = sub.add_parser("benchmark", help="RobustBench's protocol (clean + AutoAttack standard) -> model_info JSON")
+    which = p.add_argument_group("the model (one of)")
+    which.add_argument("--model", help="advplug model.pt or checkpoint")
+    which.add_argument("--robustbench-model", metavar="NAME", help="a RobustBench zoo model, e.g. Wong2020Fast")
+    which.add_argument("--arch", help="registered architecture for a plain state_dict given with --weights")
+    which.add_argument("--model-factory", help="import path pkg.module:fn building the model, with --weights")
+    p.add_argument("--weights", help="plain state_dict for --arch or --model-factory")
+    p.add_argument("--normalize", help="MEAN/STD the external model expects inside it")
+    p.add_argument("--model-dir", default="./models", help="RobustBench zoo weights: <dir>/<dataset>/<threat>/NAME.pt")
+    p.add_argument("--name", help="model id of the result (default: run dir or zoo name)")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet")
+    p.add_argument("--threat", default="Linf", help="Linf, L2 or corruptions")
+    p.add_argument("--eps", help="default: the leaderboard's (Linf 8/255, L2 0.5; ImageNet Linf 4/255)")
+    p.add_argument("--n-examples", type=int, default=10000, help="first N test images (leaderboard: 10000)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0, help="AutoAttack seed (RobustBench leaves it to the clock)")
+    p.add_argument("--additional-data", action="store_true", help="the model was trained with extra data")
+    p.add_argument("--preprocessing", help="RobustBench preprocessing name (ImageNet), e.g. Res256Crop224")
+    p.add_argument("--data-root", help="default: $ADVPLUG_DATA, else ./data")
+    p.add_argument("--corruptions-data-dir", help="where CIFAR-10-C / ImageNet-C lie (default: data root)")
+    p.add_argument("--no-verify-checksums", action="store_true")
+    p.add_argument("--leaderboard-dir", help="RobustBench model_info folder: print the model's rank at the end")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/benchmark", help="model_info JSON, AutoAttack log and resumable state")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_benchmark)
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import run as bench
+    from .benchmark.model_info import check_threat
+    from .engine import resolve_device
+    from .threat import parse_eps
+
+    check_threat(args.dataset, args.threat)
+    chosen = [flag for flag, value in (("--model", args.model), ("--robustbench-model", args.robustbench_model),
+                                       ("--arch", args.arch), ("--model-factory", args.model_factory)) if value]
+    if len(chosen) != 1:
+        raise AdvplugError("pass exactly one of --model, --robustbench-model, --arch or --model-factory"
+                           + (f" (got {', '.join(chosen)})" if chosen else ""))
+    device = resolve_device(args.device)
+    if args.model:
+        bm = bench.advplug_model(args.model, args.dataset, device, args.name)
+    elif args.robustbench_model:
+        bm = bench.zoo_model(args.robustbench_model, args.dataset, args.threat, args.model_dir, args.name)
+    else:
+        bm = bench.external_model(args.dataset, arch=args.arch, factory=args.model_factory, weights=args.weights,
+                                  normalize=args.normalize, name=args.name)
+    result, path = bench.benchmark_to_model_info(
+        bm, args.out, dataset=args.dataset, threat=args.threat, additional_data=args.additional_data,
+        eps=parse_eps(args.eps) if args.eps else None, n_examples=args.n_examples, batch_size=args.batch_size,
+        data_dir=args.data_root, corruptions_data_dir=args.corruptions_data_dir, device=device, seed=args.seed,
+        preprocessing=args.preprocessing, verify_checksums=not args.no_verify_checksums, progress=not args.quiet)
+    robust = "AutoAttack" if args.threat != "corruptions" else "corruptions"
+    print(f"{bm.name}: clean {100 * result.clean_acc:.2f} %, {robust} {100 * result.robust_acc:.2f} % "
+          f"on {result.n_examples} {args.dataset} test images ({result.seconds:.0f} s, {result.runner})")
+    print(f"model_info written to {path}")
+    if args.leaderboard_dir:
+        _print_leaderboard(args.leaderboard_dir, args.dataset, args.threat, path, "text", rank_only=True)
+    else:
+        print(f"rank it: advplug leaderboard --dataset {args.dataset} --threat {args.threat} --with {path}")
+    return 0
+
+
+def _add_leaderboard(sub):
+    p = sub.add_parser("leaderboard", help="the RobustBench leaderboard, ranked, with your model inserted")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--threat", default="Linf")
+    p.add_argument("--with", dest="result", metavar="RESULT.json", help="model_info JSON from advplug benchmark")
+    p.add_argument("--leaderboard-dir", help="RobustBench model_info folder (default: fetched from GitHub and cached)")
+    p.add_argument("--format", default="text", help="text, markdown, html or json")
+    p.set_defaults(func=cmd_leaderboard)
+
+
+def cmd_leaderboard(args) -> int:
+    _print_leaderboard(args.leaderboard_dir, args.dataset, args.threat, args.result, args.format)
+    return 0
+
+
+def _print_leaderboard(leaderboard_dir, dataset, threat, result, fmt, rank_only=False):
+    from .benchmark import leaderboard as lb
+
+    board = lb.load_leaderboard(lb.resolve_leaderboard_dir(leaderboard_dir, dataset, threat), dataset, threat)
+    for warning in board.warnings():
+        print(f"advplug: warning: {warning}", file=sys.stderr)
+    rows = board.rows
+    if result:
+        model, entry = lb.load_result(result, threat, dataset)
+        rows = board.insert(entry, model)
+    if rank_only:
+        mine = next(row for row in rows if row.is_user)
+        print(f"leaderboard rank: {mine.rank} of {len(rows)} ({dataset} {threat}, {board.path})")
+        note = lb.reduced_n_note(mine)
+        if note:
+            print(note)
+        return
+    print(lb.render(rows, fmt))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -182,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
+    _add_benchmark(sub)
+    _add_leaderboard(sub)
     _add_plugins(sub)
     return parser
 

@@ -111,7 +111,7 @@ def _quiet(verbose: bool):
 
 
 @contextlib.contextmanager
-def _isolated_rng_and_trace(device: torch.device):
+def isolated_rng_and_trace(device: torch.device):
     """Keep torch's global generator and the trace function as they were."""
     trace = sys.gettrace()
     devices = [device] if device.type == "cuda" else []
@@ -152,7 +152,7 @@ def autoattack(model, threat, **params):
     adversary.verbose = verbose
 
     def attack(x, y):
-        with eval_frozen(model), _quiet(verbose), _isolated_rng_and_trace(device):
+        with eval_frozen(model), _quiet(verbose), isolated_rng_and_trace(device):
             x_adv, _ = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
         return x_adv.detach().to(x.device, x.dtype)
 
