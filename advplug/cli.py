@@ -44,6 +44,11 @@ def _add_train(sub):
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--out", help="output directory (default runs/latest)")
     p.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep every epoch's checkpoint")
+    p.add_argument("--keep-best", action="store_true", default=None,
+                   help="early stopping: the final model is the epoch with the best held-out PGD accuracy")
+    p.add_argument("--co-guard", type=float, metavar="POINTS",
+                   help="stop and restore the previous epoch when held-out PGD accuracy drops by more than POINTS")
+    p.add_argument("--no-plot", action="store_true", help="no overfitting.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -60,6 +65,7 @@ def cmd_train(args) -> int:
         "eval_steps": args.eval_steps, "seed": args.seed, "eval_seed": args.eval_seed,
         "data_root": args.data_root, "download": args.download, "device": args.device,
         "out": args.out, "keep_checkpoints": args.keep_checkpoints, "transforms": args.transforms,
+        "keep_best": args.keep_best, "co_guard": args.co_guard, "plot": False if args.no_plot else None,
     }
     if args.trainer:
         overrides["trainer"], params = parse_spec(args.trainer)

@@ -57,6 +57,9 @@ class TrainConfig:
     monitor_steps: int = 10
     eval_steps: int = 10  # PGD steps of the final test evaluation; 0: clean accuracy only
     eval_seed: int = 42  # picks the test subset: identical for every model and training seed
+    keep_best: bool = False  # early stopping: final model = epoch with the best held-out PGD accuracy
+    co_guard: float | None = None  # stop and restore the previous epoch when held-out PGD drops > this (points)
+    plot: bool = True  # overfitting.png from the monitor, every epoch
     # run
     seed: int = 0
     device: str = "auto"
@@ -84,6 +87,10 @@ class TrainConfig:
             raise AdvplugError(f"unknown lr_schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if self.lr <= 0:
             raise AdvplugError(f"lr must be > 0, got {self.lr}")
+        if (self.keep_best or self.co_guard is not None) and not self.monitor_size:
+            raise AdvplugError("keep_best and co_guard watch the held-out PGD monitor: set monitor_size > 0")
+        if self.co_guard is not None and not 0 < float(self.co_guard) <= 100:
+            raise AdvplugError(f"co_guard is a drop in accuracy points in (0, 100], got {self.co_guard}")
         self.optimizer, self.lr_schedule = self.optimizer.lower(), self.lr_schedule.lower()
         return self
 

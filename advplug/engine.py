@@ -21,6 +21,7 @@ from .host import get_host
 from .modelio import build_model, model_spec, save_model
 from .monitor import clean_and_pgd_accuracy
 from .params import check_params
+from .plots import plot_overfitting
 
 CLEAN_ACC_EVERY = 10  # batches between eval-mode clean-accuracy samples (adversarial trainers)
 REFRESH_EVERY = 10  # batches between progress-bar updates (each reads device tensors once)
@@ -145,6 +146,8 @@ class Run:
         self.trainer = trainer_cls(self.model, cfg.threat, **cfg.trainer_params)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.lr_scheduler = make_lr_scheduler(cfg, self.optimizer, len(self.loader))
+        self.trainer.bind(self)
+        self.best = None  # (held-out PGD accuracy, epoch) of checkpoints/best.pt, with keep_best
         self.manifest = manifest_mod.new_manifest(self)
         if resume_state is not None:
             self._restore(resume_state)
@@ -158,6 +161,7 @@ class Run:
         self.loader.generator.set_state(state["loader_rng"])
         set_rng_state(state["rng"])
         self.epoch = state["epoch"]
+        self.best = tuple(state["best"]) if state.get("best") else None
         self.history = list(state.get("history", []))
         previous = state.get("manifest") or {}
         self.manifest["epoch_times_s"] = list(previous.get("epoch_times_s", []))
@@ -187,7 +191,7 @@ class Run:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "trainer": self.trainer.state_dict(), "loader_rng": self.loader.generator.get_state(),
-            "rng": rng_state(), "history": self.history, "manifest": self.manifest,
+            "rng": rng_state(), "history": self.history, "manifest": self.manifest, "best": self.best,
         }
         ckpt_dir = self.out_dir / "checkpoints"
         atomic_save(state, ckpt_dir / "last.pt")
@@ -196,8 +200,18 @@ class Run:
 
     # -- the loop -------------------------------------------------------------------
 
+    def optimizer_step(self, loss: torch.Tensor, step_lr: bool = True) -> None:
+        """One update of the model: backward, optimizer step and (``step_lr``) one step of
+        the per-batch LR schedule -- a trainer updating several times per batch steps the
+        schedule on one of them, so the schedule keeps its length in epochs."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if step_lr and self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+
     def train_epoch(self) -> dict:
-        cfg, model, trainer, opt = self.config, self.model, self.trainer, self.optimizer
+        cfg, model, trainer = self.config, self.model, self.trainer
         model.train()
         dev = self.device
         loss_sum = torch.zeros((), device=dev)
@@ -209,11 +223,8 @@ class Run:
                    disable=not show, leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(self.loader):
             out = trainer.step(x, y)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            if self.lr_scheduler is not None:
-                self.lr_scheduler.step()
+            if not trainer.updates_model:
+                self.optimizer_step(out.loss)
             n = y.shape[0]
             seen += n
             loss_sum += out.loss.detach() * n
@@ -256,6 +267,8 @@ class Run:
     def fit(self) -> "Run":
         cfg = self.config
         self.write_start_files()
+        if cfg.co_guard is not None:
+            self.previous_weights = self.weights()
         self.host.call("advplug_train_start", run=self)
         while self.epoch < cfg.epochs:
             attack_params = {}
@@ -274,18 +287,33 @@ class Run:
             metrics.update({f"attack_{k}": v for k, v in attack_params.items() if k != "eps"})
             self.epoch += 1
             self.host.call("advplug_epoch_end", run=self, epoch=self.epoch, metrics=metrics)
+            collapse = self.overfitting_collapse(metrics)
+            if collapse:
+                metrics["co_guard_triggered"] = True
             self.history.append(metrics)
             self.manifest["epoch_times_s"].append(metrics["epoch_time_s"])
             with open(self.out_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            self.checkpoint()
-            manifest_mod.write(self)
             print(format_epoch(metrics, self.trainer.adversarial, cfg.monitor_steps), flush=True)
-            reason = self.host.call_first("advplug_should_stop", run=self, epoch=self.epoch, metrics=metrics)
+            if collapse:
+                self.restore_weights(self.previous_weights)
+            self.checkpoint()
+            self.keep_if_best(metrics)
+            if cfg.plot and cfg.monitor_size:
+                plot_overfitting(self.history, self.out_dir / "overfitting.png", cfg.monitor_steps,
+                                 title=f"{cfg.trainer}, {cfg.threat}")
+            manifest_mod.write(self)
+            reason = collapse or self.host.call_first("advplug_should_stop", run=self, epoch=self.epoch,
+                                                      metrics=metrics)
             if reason:
                 self.stop_reason = str(reason)
                 print(f"stopping after epoch {self.epoch}: {self.stop_reason}", flush=True)
                 break
+        if cfg.keep_best and self.best is not None:
+            best = safe_load(self.out_dir / "checkpoints" / "best.pt", formats=(CHECKPOINT_FORMAT,))
+            self.restore_weights(best)
+            print(f"keep_best: final model is epoch {self.best[1]} (held-out PGD-{cfg.monitor_steps} "
+                  f"{self.best[0]:.2f}%)", flush=True)
         save_model(self.model, self.spec, self.out_dir / "model.pt", epoch=self.epoch)
         self.final_eval = self.evaluate_test()
         (self.out_dir / "final_eval.json").write_text(json.dumps(self.final_eval, indent=2) + "\n")
@@ -293,12 +321,49 @@ class Run:
         manifest_mod.write(self, finished=True)
         return self
 
+    # -- catastrophic overfitting and early stopping ---------------------------------
+
+    def weights(self) -> dict:
+        """The model's and the trainer's state, copied (to go back to)."""
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "trainer": self.trainer.state_dict(), "epoch": self.epoch}
+
+    def restore_weights(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.trainer.load_state_dict(saved.get("trainer", {}))
+
+    def overfitting_collapse(self, metrics: dict) -> str | None:
+        """With ``co_guard``: a stop reason when held-out PGD accuracy fell by more than
+        ``co_guard`` points in this epoch (the weights of the epoch before are kept)."""
+        guard = self.config.co_guard
+        now = metrics.get("monitor_heldout_pgd_acc")
+        before = self.history[-1].get("monitor_heldout_pgd_acc") if self.history else None
+        reason = None
+        if guard is not None and now is not None and before is not None and before - now > guard:
+            reason = (f"catastrophic overfitting guard: held-out PGD-{self.config.monitor_steps} accuracy fell "
+                      f"from {before:.2f}% to {now:.2f}% in epoch {self.epoch} (more than {guard:g} points); "
+                      f"restored the weights of epoch {self.epoch - 1}")
+        if guard is not None and not reason:
+            self.previous_weights = self.weights()
+        return reason
+
+    def keep_if_best(self, metrics: dict) -> None:
+        acc = metrics.get("monitor_heldout_pgd_acc")
+        if not self.config.keep_best or acc is None or metrics.get("co_guard_triggered"):
+            return
+        if self.best is None or acc > self.best[0]:
+            self.best = (acc, self.epoch)
+            atomic_save({"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "spec": self.spec,
+                         "model": self.model.state_dict(), "trainer": self.trainer.state_dict(),
+                         "heldout_pgd_acc": acc}, self.out_dir / "checkpoints" / "best.pt")
+
     def evaluate_test(self) -> dict:
         cfg = self.config
         x, y = self.data["test"]
         clean, pgd = clean_and_pgd_accuracy(self.model, x[self.test_idx], y[self.test_idx],
                                             cfg.threat, cfg.eval_steps, device=self.device)
         result = {"split": "test", "samples": len(self.test_idx), "eval_seed": cfg.eval_seed,
+                  "model_epoch": self.best[1] if cfg.keep_best and self.best else self.epoch,
                   "threat": {"norm": cfg.norm, "eps": cfg.eps}, "clean_acc": clean,
                   "pgd_steps": cfg.eval_steps, "pgd_acc": pgd,
                   "attack": f"torchattacks PGD{'L2' if cfg.norm == 'L2' else ''}, "

@@ -24,20 +24,33 @@ class StepOutput:
 class Trainer:
     """Subclass, set ``defaults`` (every parameter with its default) and write ``step``.
 
-    Built as ``cls(model, threat, **params)``; unknown parameters are rejected. The engine
-    owns the model's optimizer and calls ``loss.backward()`` and ``optimizer.step()``;
-    a trainer with modules of its own (e.g. a generator) trains them inside ``step`` and
-    saves them through ``state_dict``/``load_state_dict``.
+    Built as ``cls(model, threat, **params)``; unknown parameters are rejected. Then the
+    engine calls ``bind(run)`` once (the run's ``optimizer``, ``lr_scheduler``, ``config``
+    and ``loader`` exist by then; a resumed run restores ``state_dict`` afterwards).
+
+    By default the engine owns the model's update: after ``step`` it calls
+    ``loss.backward()``, ``optimizer.step()`` and the LR scheduler. A trainer that updates
+    the model several times per batch (free adversarial training) sets
+    ``updates_model = True`` and calls ``self.run.optimizer_step(loss)`` itself; the
+    returned loss is then only reported. A trainer with modules of its own (e.g. a
+    generator) trains them inside ``step`` and saves them through
+    ``state_dict``/``load_state_dict``.
     """
 
     name = "trainer"
     adversarial = True  #: False for trainers that never perturb (the clean baseline)
+    updates_model = False  #: True: ``step`` calls ``self.run.optimizer_step`` itself
     defaults: dict = {}
 
     def __init__(self, model: torch.nn.Module, threat: Threat, **params):
         self.model = model
         self.threat = threat
         self.params = check_params(f"trainer {self.name!r}", params, self.defaults)
+        self.run = None
+
+    def bind(self, run) -> None:
+        """Called once by the engine with the run (optimizer, LR scheduler, config, loader)."""
+        self.run = run
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         raise NotImplementedError

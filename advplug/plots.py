@@ -1,0 +1,54 @@
+"""PNG plots people would rather look at than read: catastrophic overfitting per epoch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_overfitting(history: list[dict], path, monitor_steps: int = 10, title: str = "") -> Path | None:
+    """Top: PGD accuracy per epoch on the held-out and the training monitor subsets (the
+    gap and a sudden fall are catastrophic overfitting). Bottom: how often the training
+    adversarial examples fool the model (100 - running adversarial training accuracy).
+    Epochs where the overfitting guard fired are marked. Returns None without monitor data."""
+    rows = [m for m in history if "monitor_heldout_pgd_acc" in m]
+    if not rows:
+        return None
+    plt = _pyplot()
+    epochs = [m["epoch"] for m in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.0), sharex=True)
+    top.plot(epochs, [m["monitor_train_pgd_acc"] for m in rows], "o-", label="training subset")
+    top.plot(epochs, [m["monitor_heldout_pgd_acc"] for m in rows], "s-", label="held-out subset")
+    top.plot(epochs, [m["monitor_heldout_clean_acc"] for m in rows], ":", color="gray", label="held-out clean")
+    top.set_ylabel(f"PGD-{monitor_steps} accuracy (%)")
+    top.set_ylim(-2, 102)
+    top.legend(loc="best", fontsize=8)
+    top.set_title(title or "robust accuracy per epoch")
+    bottom.plot(epochs, [100.0 - m["train_acc"] for m in rows], "o-", color="tab:red")
+    bottom.set_ylabel("training adv. examples\nmisclassified (%)")
+    bottom.set_xlabel("epoch")
+    bottom.set_ylim(-2, 102)
+    for m in rows:
+        if m.get("co_guard_triggered"):
+            for ax in (top, bottom):
+                ax.axvline(m["epoch"], color="black", linestyle="--", linewidth=1)
+            top.annotate("guard: restored", (m["epoch"], 95), fontsize=8, ha="right")
+    from matplotlib.ticker import MaxNLocator
+
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
