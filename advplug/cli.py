@@ -11,12 +11,19 @@ from .params import parse_spec
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a model (flags override --config)")
-    p.add_argument("--config", help="TOML or JSON file with TrainConfig keys")
     p.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run exactly where its last checkpoint left it")
+    p.add_argument("--trainer", help="trainer, optionally with parameters: pgd-at:steps=7,alpha=0.01")
+    p.add_argument("--out", help="output directory (default runs/latest)")
+    _add_training_args(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_training_args(p):
+    """The TrainConfig flags shared by ``train`` and ``study``."""
+    p.add_argument("--config", help="TOML or JSON file with TrainConfig keys")
     p.add_argument("--dataset")
     p.add_argument("--model", help="architecture name, e.g. mnist-cnn, preact-resnet18")
     p.add_argument("--activation", help="activation of built-in models (relu, gelu, silu, ...)")
-    p.add_argument("--trainer", help="trainer, optionally with parameters: pgd-at:steps=7,alpha=0.01")
     p.add_argument("--schedule", help="attack-parameter schedule with parameters, from a plugin")
     p.add_argument("--transform", action="append", dest="transforms", help="model transform name:key=value (repeatable)")
     p.add_argument("--norm", help="Linf or L2")
@@ -42,7 +49,6 @@ def _add_train(sub):
     p.add_argument("--no-verify-checksums", action="store_true",
                    help="load local dataset copies that fail torchvision's md5 check (re-packed copies)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--out", help="output directory (default runs/latest)")
     p.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep every epoch's checkpoint")
     p.add_argument("--keep-best", action="store_true", default=None,
                    help="early stopping: the final model is the epoch with the best held-out PGD accuracy")
@@ -50,12 +56,9 @@ def _add_train(sub):
                    help="stop and restore the previous epoch when held-out PGD accuracy drops by more than POINTS")
     p.add_argument("--no-plot", action="store_true", help="no overfitting.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
 
 
-def cmd_train(args) -> int:
-    from .engine import train
-
+def _training_overrides(args) -> dict:
     overrides = {
         "dataset": args.dataset, "model": args.model, "norm": args.norm, "eps": args.eps,
         "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
@@ -64,10 +67,10 @@ def cmd_train(args) -> int:
         "test_subset": args.test_subset, "monitor_size": args.monitor_size,
         "eval_steps": args.eval_steps, "seed": args.seed, "eval_seed": args.eval_seed,
         "data_root": args.data_root, "download": args.download, "device": args.device,
-        "out": args.out, "keep_checkpoints": args.keep_checkpoints, "transforms": args.transforms,
+        "out": getattr(args, "out", None), "keep_checkpoints": args.keep_checkpoints, "transforms": args.transforms,
         "keep_best": args.keep_best, "co_guard": args.co_guard, "plot": False if args.no_plot else None,
     }
-    if args.trainer:
+    if getattr(args, "trainer", None):
         overrides["trainer"], params = parse_spec(args.trainer)
         overrides["trainer_params"] = params or None
     if args.schedule:
@@ -88,12 +91,45 @@ def cmd_train(args) -> int:
         overrides["verify_checksums"] = False
     if args.no_progress:
         overrides["progress"] = False
+    return overrides
+
+
+def cmd_train(args) -> int:
+    from .engine import train
+
+    overrides = _training_overrides(args)
     try:
         run = train(args.config, resume=args.resume, **overrides)
     except KeyboardInterrupt:
         print("\ninterrupted; continue with: advplug train --resume <out dir>", file=sys.stderr)
         return 130
     print(f"run written to {run.out_dir}/ (model.pt, metrics.jsonl, manifest.json)")
+    return 0
+
+
+def _add_study(sub):
+    from .study import FAST_AT_ATTACKS, FAST_AT_TRAINERS
+
+    p = sub.add_parser("study", help="train variants with identical settings, evaluate on one test subset, compare")
+    kinds = p.add_subparsers(dest="study", required=True)
+    fast = kinds.add_parser("fast-at", help="fast adversarial training methods side by side (time and robustness)")
+    fast.add_argument("--trainers", default=FAST_AT_TRAINERS, help=f"comma-separated specs (default {FAST_AT_TRAINERS})")
+    fast.add_argument("--attacks", default=FAST_AT_ATTACKS, help=f"evaluation attacks (default {FAST_AT_ATTACKS})")
+    fast.add_argument("--out", default="runs/study-fast-at")
+    fast.add_argument("--eval-batch-size", type=int, default=256)
+    _add_training_args(fast)
+    fast.set_defaults(func=cmd_study_fast_at)
+
+
+def cmd_study_fast_at(args) -> int:
+    from .config import read_config_file
+    from .study import run_study, trainer_variants
+
+    base = read_config_file(args.config) if args.config else {}
+    base.update({k: v for k, v in _training_overrides(args).items() if v is not None and k != "out"})
+    run_study("fast-at", trainer_variants(args.trainers), base, attacks=args.attacks, out=args.out,
+              test_subset=base.get("test_subset"), eval_seed=base.get("eval_seed", 42),
+              batch_size=args.eval_batch_size, progress=not args.no_progress and sys.stderr.isatty())
     return 0
 
 
@@ -290,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_benchmark(sub)
     _add_leaderboard(sub)
+    _add_study(sub)
     _add_plugins(sub)
     return parser
 

@@ -54,3 +54,15 @@ def check_params(what: str, given: dict, defaults: dict) -> dict:
         takes = ", ".join(sorted(defaults)) or "no parameters"
         raise AdvplugError(f"{what} has no parameter {', '.join(map(repr, unknown))}; it takes: {takes}")
     return {**defaults, **given}
+
+
+def split_spec_list(text: str) -> list[str]:
+    """'fgsm,pgd:steps=20,alpha=0.01,cw' -> ['fgsm', 'pgd:steps=20,alpha=0.01', 'cw']: a piece
+    with '=' and no ':' continues the previous spec's parameters (attacks, trainers, ...)."""
+    specs: list[str] = []
+    for piece in filter(None, (p.strip() for p in text.split(","))):
+        if specs and "=" in piece and ":" not in piece:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs

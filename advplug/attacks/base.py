@@ -22,6 +22,7 @@ import torch
 
 from ..errors import AdvplugError
 from ..params import check_params
+from ..params import split_spec_list as split_attack_list  # noqa: F401 (re-exported)
 from ..threat import Threat
 
 
@@ -66,18 +67,6 @@ def info_of(factory) -> AttackInfo:
 def checked_params(name: str, params: dict, defaults: dict) -> dict:
     """Merge user params into an attack's defaults; unknown keys are one clear error."""
     return check_params(f"attack {name!r}", params, defaults)
-
-
-def split_attack_list(text: str) -> list[str]:
-    """'fgsm,pgd:steps=20,alpha=0.01,cw' -> ['fgsm', 'pgd:steps=20,alpha=0.01', 'cw']: a piece
-    with '=' and no ':' continues the previous attack's parameters."""
-    specs: list[str] = []
-    for piece in filter(None, (p.strip() for p in text.split(","))):
-        if specs and "=" in piece and ":" not in piece:
-            specs[-1] += "," + piece
-        else:
-            specs.append(piece)
-    return specs
 
 
 @dataclass
