@@ -80,8 +80,17 @@ def perturbation(model, x, y, threat: Threat, steps: int, alpha: float, random_s
     delta = threat.random_init(x) if random_start else torch.zeros_like(x)
     delta = threat.project(delta, x)
     for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y)
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = threat.project(delta.detach() + threat.ascent(grad, alpha), x)
+        grad = input_gradient(model, x, y, delta)
+        delta = threat.project(delta + threat.ascent(grad, alpha), x)
     return delta.detach()
+
+
+def input_gradient(model, x, y, delta, create_graph: bool = False) -> torch.Tensor:
+    """∇_δ of the cross-entropy at ``x + δ``, taken with ``torch.autograd.grad`` with
+    respect to δ only, so no parameter's ``.grad`` is touched. ``create_graph=True``
+    keeps the result differentiable in the parameters (double backpropagation, for
+    gradient regularizers such as GradAlign); otherwise it is detached."""
+    delta = delta.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x + delta), y)
+    (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
+    return grad
