@@ -81,24 +81,32 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
     histories = {label: _train_variant(label, cfg, host) for label, cfg in configs.items()}
     any_cfg = next(iter(configs.values()))
     models = {label: load_model_and_spec(Path(cfg.out) / "model.pt", "cpu") for label, cfg in configs.items()}
-    evaluation = run_evaluation(models, dataset=any_cfg.dataset, attacks=attacks, norm=any_cfg.norm,
-                                eps=any_cfg.eps, test_subset=test_subset, seed=eval_seed,
-                                data_root=any_cfg.data_root, verify_checksums=any_cfg.verify_checksums,
-                                batch_size=batch_size, out=out / "eval", progress=progress)
+    evaluation = _reusable_evaluation(out / "eval" / "eval.json", configs, attacks, test_subset, eval_seed, any_cfg)
+    if evaluation is None:
+        evaluation = run_evaluation(models, dataset=any_cfg.dataset, attacks=attacks, norm=any_cfg.norm,
+                                    eps=any_cfg.eps, test_subset=test_subset, seed=eval_seed,
+                                    data_root=any_cfg.data_root, verify_checksums=any_cfg.verify_checksums,
+                                    batch_size=batch_size, out=out / "eval", progress=progress)
+    else:
+        print(f"[study] reusing the evaluation in {out / 'eval' / 'eval.json'} (same models, attacks and "
+              f"test images)", flush=True)
     reference = next(iter(variants))
     rows = []
     for label, history in histories.items():
-        train_s = sum(m["epoch_time_s"] for m in history)
+        times = sorted(m["epoch_time_s"] for m in history)
+        train_s = sum(times)
         res = evaluation["results"][label]
         rows.append({"method": label, "trainer": configs[label].trainer,
                      "trainer_params": configs[label].trainer_params, "clean_acc": res["clean_acc"],
                      "robust": {r["attack"]: r["robust_acc"] for r in res["attacks"]},
                      "worst_case_acc": res["worst_case_acc"], "epochs": len(history), "train_s": train_s,
-                     "epoch_s": train_s / max(len(history), 1),
+                     "epoch_s": train_s / max(len(history), 1), "epoch_times_s": [m["epoch_time_s"] for m in history],
+                     "median_epoch_s": (times[(len(times) - 1) // 2] + times[len(times) // 2]) / 2 if times else 0.0,
                      "final_heldout_pgd_acc": history[-1].get("monitor_heldout_pgd_acc") if history else None})
-    ref_epoch = next(r["epoch_s"] for r in rows if r["method"] == reference)
+    # the median epoch: one epoch slowed by another process on a shared machine does not move it
+    ref_epoch = next(r["median_epoch_s"] for r in rows if r["method"] == reference)
     for row in rows:
-        row["epoch_time_ratio"] = row["epoch_s"] / ref_epoch if ref_epoch else None
+        row["epoch_time_ratio"] = row["median_epoch_s"] / ref_epoch if ref_epoch else None
     summary = {"study": name, "reference": reference, "base_config": {k: v for k, v in any_cfg.to_dict().items()
                                                                        if k not in ("trainer", "trainer_params",
                                                                                     "out")},
@@ -114,17 +122,34 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
     return summary
 
 
+def _reusable_evaluation(path: Path, configs: dict, attacks: str, test_subset, eval_seed, cfg) -> dict | None:
+    """A previous evaluation of exactly these models (not retrained since), attacks and test images."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    newest_model = max((Path(c.out) / "model.pt").stat().st_mtime for c in configs.values())
+    same = (saved.get("attacks") == attacks and saved.get("seed") == eval_seed and saved.get("dataset") == cfg.dataset
+            and saved.get("threat") == {"norm": cfg.norm, "eps": cfg.eps}
+            and (test_subset is None or saved.get("samples") == test_subset)
+            and set(saved.get("models", {})) == set(configs) and path.stat().st_mtime > newest_model)
+    if not same:
+        return None
+    meta = {k: v for k, v in saved.items() if k != "models"}
+    return {"meta": meta, "results": saved["models"]}
+
+
 def markdown(summary: dict) -> str:
     rows = summary["rows"]
     attacks = list(rows[0]["robust"]) if rows else []
-    head = ["method", "clean", *attacks, "worst", "epochs", "train s", "s/epoch",
+    head = ["method", "clean", *attacks, "worst", "epochs", "train s", "median s/epoch",
             f"epoch time vs {summary['reference']}"]
     lines = [f"# Study: {summary['study']}", "",
              _setting_line(summary), "",
              "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in rows:
         cells = [r["method"], f"{r['clean_acc']:.2f}", *[f"{r['robust'][a]:.2f}" for a in attacks],
-                 f"{r['worst_case_acc']:.2f}", str(r["epochs"]), f"{r['train_s']:.1f}", f"{r['epoch_s']:.1f}",
+                 f"{r['worst_case_acc']:.2f}", str(r["epochs"]), f"{r['train_s']:.1f}", f"{r['median_epoch_s']:.1f}",
                  f"{r['epoch_time_ratio']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -136,7 +161,7 @@ def _setting_line(summary: dict) -> str:
             f"{cfg['train_subset'] or 'all'} training images, {cfg['optimizer']} lr {cfg['lr']} "
             f"({cfg['lr_schedule']}), seed {cfg['seed']}; evaluated on the same {ev['samples']} test images "
             f"(eval seed {ev['seed']}). Accuracies in %, worst = per-sample worst case over the attacks; "
-            f"training time excludes the per-epoch monitor.")
+            f"training time excludes the per-epoch monitor; time ratios use the median epoch.")
 
 
 def plot_study(summary: dict, path) -> Path:
@@ -156,8 +181,8 @@ def plot_study(summary: dict, path) -> Path:
     acc_ax.set_ylim(0, 100)
     acc_ax.legend(fontsize=8)
     acc_ax.set_title(summary["study"])
-    time_ax.bar([r["method"] for r in rows], [r["epoch_s"] for r in rows], color="gray")
-    time_ax.set_ylabel("training s / epoch")
+    time_ax.bar([r["method"] for r in rows], [r["median_epoch_s"] for r in rows], color="gray")
+    time_ax.set_ylabel("training s / epoch (median)")
     time_ax.tick_params(axis="x", rotation=30, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -41,12 +41,17 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     md = (out / "study.md").read_text()
     assert "| pgd-at_steps=2 |" in md and "epoch time vs standard" in md
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
-    # a second call reuses both finished runs (no retraining)
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.pt")}
+    # a second call reuses both finished runs and their evaluation (no retraining, no attacks)
+    stamps = {p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/model.pt"), out / "eval" / "eval.json"]}
     capsys.readouterr()
     assert cli.main(argv) == 0
-    assert "reusing the finished run" in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.pt")} == stamps
+    second = capsys.readouterr().out
+    assert "reusing the finished run" in second and "reusing the evaluation" in second
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert json.loads((out / "study.json").read_text())["rows"] == summary["rows"]
+    # other attacks: the models are evaluated again
+    assert cli.main([*argv[:5], "fgsm", *argv[6:]]) == 0
+    assert "reusing the evaluation" not in capsys.readouterr().out
 
 
 def test_study_rejects_a_bad_trainer_before_training_anything(tmp_path, data_root, capsys):
