@@ -232,18 +232,18 @@ def run_benchmark(model: torch.nn.Module, *, dataset: str = "cifar10", threat: s
                                 corruptions_data_dir or resolve_data_root(data_dir), device, start, progress,
                                 verify_checksums)
 
+    settings = {"dataset": dataset, "threat": threat, "eps": eps, "n_examples": n_examples, "seed": seed,
+                "batch_size": batch_size, "model": model_fingerprint(model)}
+    resumed = _check_resume(out, settings)
     official = official_autoattack() if use_official is None else use_official
     if official and not verify_checksums:
         official = False  # benchmark() would re-download copies that fail the md5 check
     if official:
-        return _run_official(model, dataset, threat, eps, n_examples, batch_size, data_dir, device, out, seed,
-                             model_name, preprocessing, start)
+        return _run_official(model, dataset, threat, eps, n_examples, batch_size, data_dir, device, out,
+                             model_name, preprocessing, start, resumed)
 
     x, y = load_protocol_data(dataset, n_examples, data_dir, threat=threat, model_name=model_name,
                               preprocessing=preprocessing, verify_checksums=verify_checksums)
-    settings = {"dataset": dataset, "threat": threat, "eps": eps, "n_examples": n_examples, "seed": seed,
-                "batch_size": batch_size, "model": model_fingerprint(model)}
-    resumed = _check_resume(out, settings)
     from robustbench.utils import clean_accuracy
 
     clean = clean_accuracy(model, x, y, batch_size=batch_size, device=device)
@@ -261,14 +261,12 @@ def run_benchmark(model: torch.nn.Module, *, dataset: str = "cifar10", threat: s
                            "advplug+pyautoattack", resumed, str(log_path), str(state_path))
 
 
-def _run_official(model, dataset, threat, eps, n_examples, batch_size, data_dir, device, out, seed,
-                  model_name, preprocessing, start) -> BenchmarkResult:
+def _run_official(model, dataset, threat, eps, n_examples, batch_size, data_dir, device, out,
+                  model_name, preprocessing, start, resumed) -> BenchmarkResult:
     """``robustbench.eval.benchmark`` itself, with the official AutoAttack package."""
     import robustbench.eval as rb_eval
 
     state_path, log_path = out / STATE_FILE, out / LOG_FILE
-    resumed = _check_resume(out, {"dataset": dataset, "threat": threat, "eps": eps, "n_examples": n_examples,
-                                  "seed": seed, "batch_size": batch_size, "model": model_fingerprint(model)})
     clean, robust = rb_eval.benchmark(model, n_examples=n_examples, dataset=dataset, threat_model=threat,
                                       data_dir=str(resolve_data_root(data_dir)), device=device,
                                       batch_size=batch_size, eps=eps, log_path=str(log_path),
