@@ -95,6 +95,12 @@ def make_lr_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, cycle_momentum=False)
 
 
+def schedule_progress(epoch: int, epochs: int) -> float:
+    """t for an attack-parameter schedule: 0 at the first epoch, 1 at the last (a curriculum
+    ends at its target); a single epoch runs at t = 1."""
+    return epoch / (epochs - 1) if epochs > 1 else 1.0
+
+
 class Run:
     """A training run in progress: what lifecycle hooks receive as ``run``."""
 
@@ -273,7 +279,7 @@ class Run:
         while self.epoch < cfg.epochs:
             attack_params = {}
             if self.schedule is not None:
-                attack_params = self.schedule(self.epoch / cfg.epochs, self.epoch, cfg.threat,
+                attack_params = self.schedule(schedule_progress(self.epoch, cfg.epochs), self.epoch, cfg.threat,
                                               dict(self.trainer.params)) or {}
                 self.trainer.set_attack_params(**attack_params)
             start = time.perf_counter()

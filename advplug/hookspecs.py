@@ -64,9 +64,12 @@ def advplug_register_schedules(registry):
     """Register schedules: ``name -> factory(**params) -> schedule``.
 
     ``schedule(t, epoch, threat, params) -> dict`` maps training progress ``t`` in
-    [0, 1] (epoch index / epochs) to the attack parameters for that epoch, e.g.
-    ``{"eps": 0.1, "steps": 20}``. The engine applies the dict to the trainer through
-    ``Trainer.set_attack_params`` at every epoch start and logs it in the metrics.
+    [0, 1] (``epoch / (epochs - 1)``: 0 at the first epoch, 1 at the last; 1 for a
+    one-epoch run) to the attack parameters for that epoch, e.g. ``{"eps": 0.1,
+    "steps": 20}``. ``epoch`` is the 0-based epoch index, ``threat`` the run's threat
+    model, ``params`` the trainer's current parameters (return only keys the trainer
+    has). The engine applies the dict through ``Trainer.set_attack_params`` at every
+    epoch start and logs it in the metrics (``eps``, ``attack_<key>``).
     """
 
 

@@ -101,7 +101,7 @@ def test_schedule_sets_trainer_eps_each_epoch(tmp_path, data_root):
     get_host().register(SchedulePlugin(), name="sched")
     advplug.train(tiny_config(tmp_path, data_root, trainer="fgsm-rs", schedule="half-eps", epochs=2,
                               eps=0.2, monitor_size=0, eval_steps=0))
-    assert [round(m["eps"], 6) for m in _metrics(tmp_path / "run")] == [0.1, 0.15]
+    assert [round(m["eps"], 6) for m in _metrics(tmp_path / "run")] == [0.1, 0.2]
 
 
 def _cli(args, env_extra=None):
