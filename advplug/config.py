@@ -31,6 +31,8 @@ class TrainConfig:
     trainer_params: dict = field(default_factory=dict)
     schedule: str | None = None  # attack-parameter schedule from a plugin
     schedule_params: dict = field(default_factory=dict)
+    sampler: str | None = None  # batch sampler from a plugin (mixed clean:adversarial batches); trainer "standard"
+    sampler_params: dict = field(default_factory=dict)
     transforms: list = field(default_factory=list)  # "name:key=value,..." applied in order
     # threat model, pixel space
     norm: str = "Linf"
@@ -91,6 +93,9 @@ class TrainConfig:
             raise AdvplugError("keep_best and co_guard watch the held-out PGD monitor: set monitor_size > 0")
         if self.co_guard is not None and not 0 < float(self.co_guard) <= 100:
             raise AdvplugError(f"co_guard is a drop in accuracy points in (0, 100], got {self.co_guard}")
+        if self.sampler and self.trainer != "standard":
+            raise AdvplugError(f"--sampler replaces the trainer's inner maximization; leave --trainer out "
+                               f"(standard), got trainer {self.trainer!r} with sampler {self.sampler!r}")
         self.optimizer, self.lr_schedule = self.optimizer.lower(), self.lr_schedule.lower()
         return self
 

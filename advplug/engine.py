@@ -22,6 +22,7 @@ from .modelio import build_model, model_spec, save_model
 from .monitor import clean_and_pgd_accuracy
 from .params import check_params
 from .plots import plot_overfitting
+from .trainers.sampled import SampledTrainer
 
 CLEAN_ACC_EVERY = 10  # batches between eval-mode clean-accuracy samples (adversarial trainers)
 REFRESH_EVERY = 10  # batches between progress-bar updates (each reads device tensors once)
@@ -126,6 +127,7 @@ class Run:
         if cfg.schedule:
             schedule = reg.get("schedules", cfg.schedule)(**cfg.schedule_params)
         self.schedule = schedule
+        sampler = reg.get("samplers", cfg.sampler)(**cfg.sampler_params) if cfg.sampler else None
         seed_everything(cfg.seed)
 
         load = dict(data_root=cfg.data_root, download=cfg.download, verify_checksums=cfg.verify_checksums)
@@ -149,7 +151,10 @@ class Run:
 
         self.spec = model_spec(cfg, self.dataset)
         self.model = build_model(self.spec, reg).to(self.device)
-        self.trainer = trainer_cls(self.model, cfg.threat, **cfg.trainer_params)
+        if sampler is not None:  # the sampler composes the batches; the trainer takes the CE on them
+            self.trainer = SampledTrainer(self.model, cfg.threat, sampler, name=cfg.sampler, **cfg.trainer_params)
+        else:
+            self.trainer = trainer_cls(self.model, cfg.threat, **cfg.trainer_params)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.lr_scheduler = make_lr_scheduler(cfg, self.optimizer, len(self.loader))
         self.trainer.bind(self)
@@ -255,6 +260,7 @@ class Run:
             "train_acc": 100 * correct.item() / max(seen, 1),
             "train_clean_acc": 100 * clean_correct.item() / max(clean_seen, 1),
             "train_samples": seen,
+            **trainer.epoch_metrics(),
         }
 
     def monitor(self) -> dict:
@@ -307,7 +313,7 @@ class Run:
             self.keep_if_best(metrics)
             if cfg.plot and cfg.monitor_size:
                 plot_overfitting(self.history, self.out_dir / "overfitting.png", cfg.monitor_steps,
-                                 title=f"{cfg.trainer}, {cfg.threat}")
+                                 title=f"{cfg.sampler or cfg.trainer}, {cfg.threat}")
             manifest_mod.write(self)
             reason = collapse or self.host.call_first("advplug_should_stop", run=self, epoch=self.epoch,
                                                       metrics=metrics)

@@ -78,7 +78,34 @@ def advplug_register_samplers(registry):
     """Register batch samplers: ``name -> factory(**params) -> sampler``.
 
     A sampler decides which part of a batch stays clean and which attack perturbs each
-    other part (mixed clean:adversarial training).
+    other part (mixed clean:adversarial training). It replaces the trainer's inner
+    maximization: a run sets ``sampler`` (``--sampler name:key=value,...``) and leaves
+    ``trainer`` at ``standard`` (any other trainer is an error). The engine then trains
+    with :class:`advplug.trainers.sampled.SampledTrainer`; the contract:
+
+    - ``factory(**params)`` checks its parameters (an unknown or malformed one is one
+      :class:`advplug.AdvplugError`) and returns the sampler, before any data is loaded.
+    - ``sampler.bind(ctx)`` is called before the first batch, with an
+      :class:`advplug.samplers.SamplerContext`: ``model``, ``threat`` (the run's threat
+      model, ε in pixel space), ``seed`` (the run's), ``registry``, ``device`` and ``run``.
+      Build attacks here (:func:`advplug.samplers.training_attack`; unknown names fail
+      before training starts). A schedule that changes ε binds the sampler again.
+    - ``sampler.sample(x, y, step) -> SampledBatch`` per batch (``x`` in [0, 1] on the
+      device, the model in training mode; ``step`` the 0-based batch count of the whole
+      run, saved in checkpoints). :class:`advplug.samplers.SampledBatch` holds ``x``
+      (the training inputs: same shape, detached, in [0, 1], clean rows equal to the
+      batch's), ``adversarial`` (bool per row) and optionally ``source`` (int64 per row,
+      an index into ``sources``, names fixed per sampler) for the epoch metrics
+      ``sampler_adversarial_share`` and ``sampler_share_<name>``.
+    - The loss is the cross-entropy of ``model(x)`` in training mode; the engine's
+      optimizer steps on it. Random choices come from
+      ``advplug.samplers.batch_generator(ctx.seed, step)``, so they depend on (seed,
+      step) only and a resumed run repeats them. Attacks run through
+      :func:`advplug.samplers.attack_batch`: as in evaluation, in eval mode with the
+      parameters frozen (``eval_frozen``: no parameter ``.grad`` is written, the mode is
+      restored), projected onto their threat ball and [0, 1]. A sampler must not change
+      the model's weights.
+    - Optional ``state_dict()`` / ``load_state_dict(state)``: saved with the run.
     """
 
 

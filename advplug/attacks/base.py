@@ -116,13 +116,15 @@ class CheckedAttack:
         return torch.cat(self.perturbation_norms).median().item()
 
 
-def build_attack(registry, spec: str, model, threat: Threat) -> CheckedAttack:
+def build_attack(registry, spec: str, model, threat: Threat, defaults: dict | None = None) -> CheckedAttack:
     """``spec`` is ``name`` or ``name:key=value,...`` (names may be namespaced:
-    ``torchattacks:pgd:steps=20``)."""
+    ``torchattacks:pgd:steps=20``). ``defaults`` maps canonical attack names to parameters
+    used where the spec sets none (e.g. shorter CW runs for training)."""
     from ..params import parse_spec
 
     name, params = parse_spec(spec)
     entry = registry.entry("attacks", name)
+    params = {**(defaults or {}).get(entry.name, {}), **params}
     info = info_of(entry.obj)
     if threat.norm not in info.norms:
         raise AdvplugError(f"attack {entry.name!r} does not support the {threat.norm} threat model "

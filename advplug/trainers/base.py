@@ -63,6 +63,11 @@ class Trainer:
             self.threat = Threat(self.threat.norm, values.pop("eps"))
         self.params.update(check_params(f"trainer {self.name!r}", values, self.defaults))
 
+    def epoch_metrics(self) -> dict:
+        """Called by the engine after each epoch's batches: extra numbers for that epoch's
+        metrics (``metrics.jsonl``); a trainer that counts things per epoch resets here."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
