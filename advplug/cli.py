@@ -25,6 +25,8 @@ def _add_training_args(p):
     p.add_argument("--model", help="architecture name, e.g. mnist-cnn, preact-resnet18")
     p.add_argument("--activation", help="activation of built-in models (relu, gelu, silu, ...)")
     p.add_argument("--schedule", help="attack-parameter schedule with parameters, from a plugin")
+    p.add_argument("--sampler", help="batch sampler with parameters, from a plugin (replaces the trainer's attack), "
+                                     "e.g. mixed-ratio:ratio=30:70,attacks=fgsm+pgd")
     p.add_argument("--transform", action="append", dest="transforms", help="model transform name:key=value (repeatable)")
     p.add_argument("--norm", help="Linf or L2")
     p.add_argument("--eps", help="radius in pixel space of [0,1] images, e.g. 0.3 or 8/255")
@@ -70,12 +72,10 @@ def _training_overrides(args) -> dict:
         "out": getattr(args, "out", None), "keep_checkpoints": args.keep_checkpoints, "transforms": args.transforms,
         "keep_best": args.keep_best, "co_guard": args.co_guard, "plot": False if args.no_plot else None,
     }
-    if getattr(args, "trainer", None):
-        overrides["trainer"], params = parse_spec(args.trainer)
-        overrides["trainer_params"] = params or None
-    if args.schedule:
-        overrides["schedule"], params = parse_spec(args.schedule)
-        overrides["schedule_params"] = params or None
+    for key in ("trainer", "schedule", "sampler"):  # name:key=value,... -> key, key_params
+        if getattr(args, key, None):
+            overrides[key], params = parse_spec(getattr(args, key))
+            overrides[f"{key}_params"] = params or None
     if args.activation:
         overrides["model_params"] = {"activation": args.activation}
     if args.lr_milestones:
@@ -108,7 +108,7 @@ def cmd_train(args) -> int:
 
 
 def _add_study(sub):
-    from .study import FAST_AT_ATTACKS, FAST_AT_TRAINERS
+    from .study import FAST_AT_ATTACKS, FAST_AT_TRAINERS, MIX_ATTACKS, MIX_RATIOS, VARIANT_ATTACKS
 
     p = sub.add_parser("study", help="train variants with identical settings, evaluate on one test subset, compare")
     kinds = p.add_subparsers(dest="study", required=True)
@@ -116,20 +116,112 @@ def _add_study(sub):
     fast.add_argument("--trainers", default=FAST_AT_TRAINERS, help=f"comma-separated specs (default {FAST_AT_TRAINERS})")
     fast.add_argument("--attacks", default=FAST_AT_ATTACKS, help=f"evaluation attacks (default {FAST_AT_ATTACKS})")
     fast.add_argument("--out", default="runs/study-fast-at")
-    fast.add_argument("--eval-batch-size", type=int, default=256)
-    _add_training_args(fast)
     fast.set_defaults(func=cmd_study_fast_at)
+    mix = kinds.add_parser("mix-ratio", help="clean baseline vs mixed clean:adversarial training ratios (advplug-mix)")
+    mix.add_argument("--ratios", default=MIX_RATIOS, help=f"clean:adversarial ratios (default {MIX_RATIOS})")
+    mix.add_argument("--pool", help="the sampler's training attacks (default: mixed-ratio's, FGSM, PGD, CW, DeepFool)")
+    mix.add_argument("--attacks", default=MIX_ATTACKS, help=f"evaluation attacks (default {MIX_ATTACKS})")
+    mix.add_argument("--clean-drop-warning", type=float, default=2.0, metavar="POINTS",
+                     help="warn when a model's clean accuracy is more than POINTS below the baseline's (default 2)")
+    mix.add_argument("--out", default="runs/study-mix-ratio")
+    mix.set_defaults(func=cmd_study_mix_ratio)
+    custom = kinds.add_parser("variants", help="variants from a file: shared config + [variants.<label>] overrides")
+    custom.add_argument("file", help="TOML: TrainConfig keys for every variant, one [variants.<label>] table each")
+    custom.add_argument("--attacks", default=VARIANT_ATTACKS, help=f"evaluation attacks (default {VARIANT_ATTACKS})")
+    custom.add_argument("--out", help="default: runs/study-<file name>")
+    custom.set_defaults(func=cmd_study_variants)
+    for kind in (fast, mix, custom):
+        kind.add_argument("--eval-batch-size", type=int, default=256)
+        _add_training_args(kind)
+
+
+def _study(args, name: str, variants: dict, base: dict | None = None, **options) -> int:
+    from .config import read_config_file
+    from .study import run_study
+
+    if base is None:
+        base = read_config_file(args.config) if args.config else {}
+    elif args.config:
+        base = {**read_config_file(args.config), **base}
+    base.update({k: v for k, v in _training_overrides(args).items() if v is not None and k != "out"})
+    run_study(name, variants, base, attacks=args.attacks, out=args.out, test_subset=base.get("test_subset"),
+              eval_seed=base.get("eval_seed", 42), batch_size=args.eval_batch_size,
+              progress=not args.no_progress and sys.stderr.isatty(), **options)
+    return 0
 
 
 def cmd_study_fast_at(args) -> int:
-    from .config import read_config_file
-    from .study import run_study, trainer_variants
+    from .study import trainer_variants
 
-    base = read_config_file(args.config) if args.config else {}
-    base.update({k: v for k, v in _training_overrides(args).items() if v is not None and k != "out"})
-    run_study("fast-at", trainer_variants(args.trainers), base, attacks=args.attacks, out=args.out,
-              test_subset=base.get("test_subset"), eval_seed=base.get("eval_seed", 42),
-              batch_size=args.eval_batch_size, progress=not args.no_progress and sys.stderr.isatty())
+    return _study(args, "fast-at", trainer_variants(args.trainers))
+
+
+def cmd_study_mix_ratio(args) -> int:
+    from .study import ratio_variants
+
+    if getattr(args, "trainer", None) or getattr(args, "sampler", None):
+        raise AdvplugError("study mix-ratio picks the trainer and sampler of each variant itself; "
+                           "drop --trainer/--sampler (use --pool for the sampler's attacks)")
+    return _study(args, "mix-ratio", ratio_variants(args.ratios, args.pool),
+                  clean_drop_warning=args.clean_drop_warning)
+
+
+def cmd_study_variants(args) -> int:
+    from pathlib import Path
+
+    from .study import file_variants
+
+    base, variants = file_variants(args.file)
+    args.out = args.out or f"runs/study-{Path(args.file).stem}"
+    return _study(args, Path(args.file).stem, variants, base=base)
+
+
+def _add_overfitting(sub):
+    p = sub.add_parser("overfitting", help="plot several runs' per-epoch robust accuracy on one figure")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR[=LABEL]", help="run directories (with metrics.jsonl)")
+    p.add_argument("--out", default="overfitting-comparison.png")
+    p.add_argument("--title", default="")
+    p.set_defaults(func=cmd_overfitting)
+
+
+def _dir_and_label(item: str) -> tuple[str, str]:
+    """'RUN_DIR=LABEL' -> (RUN_DIR, LABEL), where both may contain '=': the shortest
+    prefix that is a directory is the run."""
+    from pathlib import Path
+
+    cuts = [i for i, ch in enumerate(item) if ch == "="]
+    for cut in cuts:
+        if Path(item[:cut]).is_dir():
+            return item[:cut], item[cut + 1:]
+    return item, ""
+
+
+def cmd_overfitting(args) -> int:
+    from pathlib import Path
+
+    from .plots import plot_overfitting_comparison
+
+    histories, steps = {}, set()
+    for item in args.runs:
+        run_dir, label = _dir_and_label(item)
+        metrics = Path(run_dir) / "metrics.jsonl"
+        if not metrics.is_file():
+            raise AdvplugError(f"{metrics} not found: give run directories written by advplug train")
+        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if not any("monitor_heldout_pgd_acc" in m for m in history):
+            raise AdvplugError(f"{run_dir} has no per-epoch monitor data (it was trained with --monitor-size 0)")
+        try:
+            steps.add(json.loads((Path(run_dir) / "config.json").read_text()).get("monitor_steps", 10))
+        except (OSError, ValueError):
+            pass
+        histories[label or Path(run_dir).name] = history
+    if len(steps) > 1:
+        raise AdvplugError(f"the runs' monitors used different PGD steps ({sorted(steps)}); compare like with like")
+    path = plot_overfitting_comparison(histories, args.out, steps.pop() if steps else 10, args.title)
+    for label, history in histories.items():
+        accs = ", ".join(f"{m['monitor_heldout_pgd_acc']:.1f}" for m in history if "monitor_heldout_pgd_acc" in m)
+        print(f"{label}: held-out PGD accuracy per epoch {accs}")
+    print(f"written: {path}")
     return 0
 
 
@@ -327,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark(sub)
     _add_leaderboard(sub)
     _add_study(sub)
+    _add_overfitting(sub)
     _add_plugins(sub)
     return parser
 

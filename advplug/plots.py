@@ -52,3 +52,34 @@ def plot_overfitting(history: list[dict], path, monitor_steps: int = 10, title: 
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def plot_overfitting_comparison(histories: dict[str, list[dict]], path, monitor_steps: int = 10,
+                                title: str = "") -> Path:
+    """Several runs on one figure: held-out PGD accuracy per epoch (top) and the share of
+    training adversarial examples that fool the model (bottom), one line per run -- a
+    collapse in one run and not another shows as one line falling while the other holds."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.0, 6.4), sharex=True)
+    for label, history in histories.items():
+        rows = [m for m in history if "monitor_heldout_pgd_acc" in m]
+        epochs = [m["epoch"] for m in rows]
+        line, = top.plot(epochs, [m["monitor_heldout_pgd_acc"] for m in rows], "o-", label=label)
+        bottom.plot(epochs, [100.0 - m["train_acc"] for m in rows], "o-", color=line.get_color(), label=label)
+    top.set_ylabel(f"held-out PGD-{monitor_steps} accuracy (%)")
+    top.set_title(title or "catastrophic overfitting: robust accuracy per epoch")
+    top.legend(loc="best", fontsize=7)
+    bottom.set_ylabel("training adv. examples\nmisclassified (%)")
+    bottom.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (top, bottom):
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

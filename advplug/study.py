@@ -19,6 +19,12 @@ from .params import split_spec_list
 
 FAST_AT_TRAINERS = "fgsm-rs,fgsm-sdi,pgd-at:steps=10"
 FAST_AT_ATTACKS = "pgd:steps=10,pgd:steps=20,pgd:steps=50,cw,apgd,autoattack"
+MIX_RATIOS = "10:90,30:70,50:50,70:30,90:10"
+#: the seed study's MNIST protocol (FGSM, PGD-20, CW, DeepFool; minimal-perturbation attacks
+#: projected onto the ε-ball) plus AutoAttack
+MIX_ATTACKS = "fgsm,pgd:steps=20,cw:steps=30,deepfool,autoattack"
+BASELINE = "clean"
+VARIANT_ATTACKS = "pgd:steps=20,autoattack"
 
 
 def label_for(spec: str) -> str:
@@ -38,13 +44,70 @@ def trainer_variants(trainers: str) -> dict[str, dict]:
     return variants
 
 
+def ratio_variants(ratios: str, pool: str | None = None) -> dict[str, dict]:
+    """'10:90,50:50' -> a standard-training baseline ``clean`` and one ``mixed-ratio``
+    sampler variant per clean:adversarial ratio (``pool``: the sampler's attacks)."""
+    variants = {BASELINE: {"trainer": "standard", "trainer_params": {}, "sampler": None, "sampler_params": {}}}
+    for ratio in (r.strip() for r in ratios.split(",")):
+        if not ratio:
+            continue
+        parts = [p.strip() for p in ratio.split(":")]
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) == 0:
+            raise AdvplugError(f"--ratios: {ratio!r} is not clean:adversarial in whole numbers with some "
+                               f"adversarial share, e.g. --ratios {MIX_RATIOS}")
+        params = {"ratio": f"{parts[0]}:{parts[1]}"}
+        if pool:
+            params["attacks"] = pool
+        variants[f"mix_{parts[0]}-{parts[1]}"] = {"trainer": "standard", "trainer_params": {},
+                                                  "sampler": "mixed-ratio", "sampler_params": params}
+    if len(variants) == 1:
+        raise AdvplugError(f"--ratios is empty; e.g. --ratios {MIX_RATIOS}")
+    return variants
+
+
+def file_variants(path) -> tuple[dict, dict[str, dict]]:
+    """A study file: TrainConfig keys shared by every variant at the top level (or
+    ``config = "other.toml"`` to start from), and one ``[variants.<label>]`` table of
+    config overrides per variant; the first variant is the reference. -> (base, variants)."""
+    from .config import read_config_file
+
+    path = Path(path)
+    data = read_config_file(path)
+    variants = data.pop("variants", None)
+    if not isinstance(variants, dict) or not variants or not all(isinstance(v, dict) for v in variants.values()):
+        raise AdvplugError(f"{path}: give at least one [variants.<label>] table of config overrides, e.g.\n"
+                           f"[variants.relu]\n[variants.silu]\ntransforms = [\"smooth-activation:fn=silu\"]")
+    if "config" in data:
+        base = read_config_file(path.parent / data.pop("config"))
+        base.update(data)
+        data = base
+    bad = [label for label in variants if label != label_for(label)]
+    if bad:
+        raise AdvplugError(f"{path}: variant labels become directory names; use letters, digits and "
+                           f"'_.=+-' only (not {', '.join(map(repr, bad))})")
+    return data, variants
+
+
+#: config keys that do not change the trained weights: a finished run is reused when only
+#: these differ (the study evaluates every model itself, on its own test subset)
+EVALUATION_ONLY_KEYS = ("test_subset", "eval_steps", "eval_seed", "progress", "plot")
+
+
+def _training_settings(config: dict) -> dict:
+    """A run's config.json without the evaluation-only keys; keys added to TrainConfig after
+    the run was trained count as their defaults (the run trained as if they had them)."""
+    from .config import TrainConfig
+
+    return {k: v for k, v in {**TrainConfig().to_dict(), **config}.items() if k not in EVALUATION_ONLY_KEYS}
+
+
 def _finished(run_dir: Path, config) -> bool:
     try:
         saved = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return False
     return (run_dir / "model.pt").is_file() and (run_dir / "final_eval.json").is_file() \
-        and saved == config.to_dict()
+        and _training_settings(saved) == _training_settings(config.to_dict())
 
 
 def _train_variant(label: str, config, host=None) -> list[dict]:
@@ -64,8 +127,12 @@ def _train_variant(label: str, config, host=None) -> list[dict]:
 
 
 def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str, out, test_subset=None,
-              eval_seed: int = 42, batch_size: int = 256, host=None, progress: bool = False) -> dict:
-    """Train every variant, evaluate all on the same test images, write ``study.{md,json,png}``."""
+              eval_seed: int = 42, batch_size: int = 256, host=None, progress: bool = False,
+              clean_drop_warning: float | None = None) -> dict:
+    """Train every variant, evaluate all on the same test images, write ``study.{md,json,png}``.
+
+    The first variant is the reference for time ratios and for ``clean_drop_warning``: a
+    warning for every model whose clean accuracy is more than that many points below it."""
     from .evaluate import run_evaluation
     from .modelio import load_model_and_spec
 
@@ -78,6 +145,8 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
     for cfg in configs.values():
         registry.get("trainers", cfg.trainer)
         registry.get("models", cfg.model)
+        if cfg.sampler:
+            registry.get("samplers", cfg.sampler)
     histories = {label: _train_variant(label, cfg, host) for label, cfg in configs.items()}
     any_cfg = next(iter(configs.values()))
     models = {label: load_model_and_spec(Path(cfg.out) / "model.pt", "cpu") for label, cfg in configs.items()}
@@ -95,24 +164,31 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
     for label, history in histories.items():
         times = sorted(m["epoch_time_s"] for m in history)
         train_s = sum(times)
-        res = evaluation["results"][label]
-        rows.append({"method": label, "trainer": configs[label].trainer,
-                     "trainer_params": configs[label].trainer_params, "clean_acc": res["clean_acc"],
-                     "robust": {r["attack"]: r["robust_acc"] for r in res["attacks"]},
+        res, cfg = evaluation["results"][label], configs[label]
+        robust = {r["attack"]: r["robust_acc"] for r in res["attacks"]}
+        rows.append({"method": label, "trainer": cfg.trainer, "trainer_params": cfg.trainer_params,
+                     "sampler": cfg.sampler, "sampler_params": cfg.sampler_params, "clean_acc": res["clean_acc"],
+                     "robust": robust, "mean_robust_acc": sum(robust.values()) / len(robust) if robust else None,
+                     "attack_gap": max(robust.values()) - min(robust.values()) if robust else None,
                      "worst_case_acc": res["worst_case_acc"], "epochs": len(history), "train_s": train_s,
                      "epoch_s": train_s / max(len(history), 1), "epoch_times_s": [m["epoch_time_s"] for m in history],
                      "median_epoch_s": (times[(len(times) - 1) // 2] + times[len(times) // 2]) / 2 if times else 0.0,
                      "final_heldout_pgd_acc": history[-1].get("monitor_heldout_pgd_acc") if history else None})
     # the median epoch: one epoch slowed by another process on a shared machine does not move it
     ref_epoch = next(r["median_epoch_s"] for r in rows if r["method"] == reference)
+    ref_train = next(r["train_s"] for r in rows if r["method"] == reference)
     for row in rows:
         row["epoch_time_ratio"] = row["median_epoch_s"] / ref_epoch if ref_epoch else None
+        row["train_time_ratio"] = row["train_s"] / ref_train if ref_train else None
+    warnings = _clean_drop_warnings(rows, reference, clean_drop_warning)
+    for line in warnings:
+        print(f"[study] warning: {line}", flush=True)
     summary = {"study": name, "reference": reference, "base_config": {k: v for k, v in any_cfg.to_dict().items()
                                                                        if k not in ("trainer", "trainer_params",
                                                                                     "out")},
                "attacks": attacks, "evaluation": {k: v for k, v in evaluation["meta"].items()
                                                   if k != "test_indices"},
-               "rows": rows}
+               "rows": rows, "warnings": warnings}
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "study.md").write_text(markdown(summary) + "\n")
@@ -120,6 +196,15 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
     print(markdown(summary))
     print(f"written: {out / 'study.md'}, {out / 'study.json'}, {out / 'study.png'}")
     return summary
+
+
+def _clean_drop_warnings(rows: list[dict], reference: str, points: float | None) -> list[str]:
+    if points is None:
+        return []
+    ref = next(r["clean_acc"] for r in rows if r["method"] == reference)
+    return [f"{r['method']}: clean accuracy {r['clean_acc']:.2f}% is {ref - r['clean_acc']:.2f} points below "
+            f"{reference}'s {ref:.2f}% (more than {points:g})" for r in rows
+            if r["method"] != reference and ref - r["clean_acc"] > points]
 
 
 def _reusable_evaluation(path: Path, configs: dict, attacks: str, test_subset, eval_seed, cfg) -> dict | None:
@@ -142,17 +227,23 @@ def _reusable_evaluation(path: Path, configs: dict, attacks: str, test_subset, e
 def markdown(summary: dict) -> str:
     rows = summary["rows"]
     attacks = list(rows[0]["robust"]) if rows else []
-    head = ["method", "clean", *attacks, "worst", "epochs", "train s", "median s/epoch",
-            f"epoch time vs {summary['reference']}"]
+    head = ["method", "clean", *attacks, "mean", "worst", "gap", "epochs", "train s", "median s/epoch",
+            f"epoch time vs {summary['reference']}", f"train time vs {summary['reference']}"]
     lines = [f"# Study: {summary['study']}", "",
              _setting_line(summary), "",
              "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in rows:
         cells = [r["method"], f"{r['clean_acc']:.2f}", *[f"{r['robust'][a]:.2f}" for a in attacks],
-                 f"{r['worst_case_acc']:.2f}", str(r["epochs"]), f"{r['train_s']:.1f}", f"{r['median_epoch_s']:.1f}",
-                 f"{r['epoch_time_ratio']:.2f}x"]
+                 _pct(r["mean_robust_acc"]), f"{r['worst_case_acc']:.2f}", _pct(r["attack_gap"]),
+                 str(r["epochs"]), f"{r['train_s']:.1f}", f"{r['median_epoch_s']:.1f}",
+                 f"{r['epoch_time_ratio']:.2f}x", f"{r['train_time_ratio']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    lines += ["", *[f"**Warning:** {w}" for w in summary.get("warnings", [])]]
+    return "\n".join(lines).rstrip()
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _setting_line(summary: dict) -> str:
@@ -160,8 +251,9 @@ def _setting_line(summary: dict) -> str:
     return (f"{cfg['dataset']} / {cfg['model']}, {cfg['norm']} ε = {cfg['eps']:.4g}, {cfg['epochs']} epochs, "
             f"{cfg['train_subset'] or 'all'} training images, {cfg['optimizer']} lr {cfg['lr']} "
             f"({cfg['lr_schedule']}), seed {cfg['seed']}; evaluated on the same {ev['samples']} test images "
-            f"(eval seed {ev['seed']}). Accuracies in %, worst = per-sample worst case over the attacks; "
-            f"training time excludes the per-epoch monitor; time ratios use the median epoch.")
+            f"(eval seed {ev['seed']}). Accuracies in %; mean = mean over the attacks; worst = per-sample "
+            f"worst case over the attacks; gap = best minus worst attack accuracy; training time excludes the "
+            f"per-epoch monitor; epoch-time ratios use the median epoch.")
 
 
 def plot_study(summary: dict, path) -> Path:

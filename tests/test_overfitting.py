@@ -70,3 +70,32 @@ def test_overfitting_plot_is_written_each_epoch(tmp_path, data_root):
 def test_guard_settings_are_checked(tmp_path, data_root, bad, message):
     with pytest.raises(AdvplugError, match=message):
         advplug.train(tiny_config(tmp_path, data_root, **bad))
+
+
+def test_overfitting_cli_overlays_runs_and_names_what_is_missing(tmp_path, capsys):
+    import json
+
+    from advplug import cli
+
+    def run(name, accs, steps=10):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"monitor_steps": steps}))
+        (d / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": i + 1, "train_acc": 50.0 + i, "monitor_heldout_pgd_acc": a}) + "\n"
+            for i, a in enumerate(accs)))
+        return d
+
+    rs, sdi = run("rs_eps=0.3", [12.9, 1.6]), run("sdi", [30.0, 31.0])
+    out = tmp_path / "co.png"
+    assert cli.main(["overfitting", str(rs), f"{sdi}=fgsm-sdi k=1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "rs_eps=0.3: held-out PGD accuracy per epoch 12.9, 1.6" in text  # '=' in a directory name
+    assert "fgsm-sdi k=1: held-out PGD accuracy per epoch 30.0, 31.0" in text
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "nomon").mkdir()
+    (tmp_path / "nomon" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_acc": 1.0}) + "\n")
+    assert cli.main(["overfitting", str(tmp_path / "nomon"), "--out", str(out)]) == 2
+    assert "--monitor-size 0" in capsys.readouterr().err
+    assert cli.main(["overfitting", str(run("pgd5", [1.0], steps=5)), str(rs), "--out", str(out)]) == 2
+    assert "different PGD steps" in capsys.readouterr().err

@@ -52,6 +52,14 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     # other attacks: the models are evaluated again
     assert cli.main([*argv[:5], "fgsm", *argv[6:]]) == 0
     assert "reusing the evaluation" not in capsys.readouterr().out
+    # another test subset changes only the evaluation: the trained models are reused
+    i = argv.index("--test-subset")
+    assert cli.main([*argv[:i + 1], "80", *argv[i + 2:]]) == 0
+    third = capsys.readouterr().out
+    assert "reusing the finished run" in third and "training into" not in third
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.pt")} == \
+        {p: t for p, t in stamps.items() if p.name == "model.pt"}
+    assert json.loads((out / "eval" / "eval.json").read_text())["samples"] == 80
 
 
 def test_study_rejects_a_bad_trainer_before_training_anything(tmp_path, data_root, capsys):
@@ -60,3 +68,49 @@ def test_study_rejects_a_bad_trainer_before_training_anything(tmp_path, data_roo
     assert cli.main(argv) == 2
     assert "fgsm-nope" in capsys.readouterr().err
     assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_ratio_variants_are_a_clean_baseline_and_one_mixed_ratio_sampler_per_ratio():
+    from advplug.study import ratio_variants
+
+    variants = ratio_variants("10:90, 50:50", pool="fgsm,pgd:steps=3")
+    assert list(variants) == ["clean", "mix_10-90", "mix_50-50"]
+    assert variants["clean"] == {"trainer": "standard", "trainer_params": {}, "sampler": None, "sampler_params": {}}
+    assert variants["mix_10-90"]["sampler"] == "mixed-ratio"
+    assert variants["mix_10-90"]["sampler_params"] == {"ratio": "10:90", "attacks": "fgsm,pgd:steps=3"}
+    for bad in ("10-90", "a:b", "50:0", ""):
+        with pytest.raises(AdvplugError, match="--ratios"):
+            ratio_variants(bad)
+
+
+def test_variants_file_study_compares_activations_on_one_test_subset(tmp_path, data_root):
+    spec = tmp_path / "act.toml"
+    spec.write_text('dataset = "mnist"\nepochs = 1\ntrain_subset = 256\ntest_subset = 64\nmonitor_size = 0\n'
+                    'eval_steps = 0\noptimizer = "adam"\nlr = 0.001\nweight_decay = 0.0\n\n'
+                    '[variants.relu]\n\n[variants.gelu]\nmodel_params = { activation = "gelu" }\n')
+    out = tmp_path / "s"
+    assert cli.main(["study", "variants", str(spec), "--attacks", "fgsm", "--data-root", str(data_root),
+                     "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["study"] == "act" and summary["reference"] == "relu"
+    assert [r["method"] for r in summary["rows"]] == ["relu", "gelu"]
+    configs = {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/config.json")}
+    assert configs["gelu"]["model_params"] == {"activation": "gelu"} and configs["relu"]["model_params"] == {}
+    # identical settings otherwise, and different models
+    assert {k: v for k, v in configs["gelu"].items() if k not in ("model_params", "out")} == \
+        {k: v for k, v in configs["relu"].items() if k not in ("model_params", "out")}
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["relu"]["robust"] != rows["gelu"]["robust"] or rows["relu"]["clean_acc"] != rows["gelu"]["clean_acc"]
+
+
+def test_variants_file_without_variants_or_with_a_bad_label_is_one_error(tmp_path):
+    from advplug.study import file_variants
+
+    empty = tmp_path / "empty.toml"
+    empty.write_text("epochs = 1\n")
+    with pytest.raises(AdvplugError, match=r"\[variants.<label>\]"):
+        file_variants(empty)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[variants."a b"]\n')
+    with pytest.raises(AdvplugError, match="'a b'"):
+        file_variants(bad)
