@@ -114,3 +114,29 @@ def test_variants_file_without_variants_or_with_a_bad_label_is_one_error(tmp_pat
     bad.write_text('[variants."a b"]\n')
     with pytest.raises(AdvplugError, match="'a b'"):
         file_variants(bad)
+
+
+def test_mix_ratio_study_trains_a_clean_baseline_and_each_ratio_and_warns_on_clean_drops(tmp_path, data_root):
+    out = tmp_path / "mix"
+    argv = ["study", "mix-ratio", "--ratios", "50:50", "--pool", "fgsm,pgd:steps=2", "--attacks", "fgsm",
+            "--clean-drop-warning", "0", "--epochs", "1", "--train-subset", "256", "--test-subset", "64",
+            "--monitor-size", "0", "--eval-steps", "0", "--optimizer", "adam", "--lr", "0.001",
+            "--data-root", str(data_root), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    summary = json.loads((out / "study.json").read_text())
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert list(rows) == ["clean", "mix_50-50"] and summary["reference"] == "clean"
+    assert rows["clean"]["sampler"] is None
+    assert rows["mix_50-50"]["sampler"] == "mixed-ratio"
+    assert rows["mix_50-50"]["sampler_params"] == {"ratio": "50:50", "attacks": "fgsm,pgd:steps=2"}
+    history = [json.loads(line) for line in (out / "runs" / "mix_50-50" / "metrics.jsonl").read_text().splitlines()]
+    assert history[0]["sampler_adversarial_share"] == pytest.approx(0.5)
+    # attacking half of every batch costs more than clean training
+    assert rows["mix_50-50"]["train_time_ratio"] > 1.0
+    row = rows["mix_50-50"]
+    assert row["mean_robust_acc"] == row["robust"]["fgsm"] and row["attack_gap"] == 0.0
+    drop = rows["clean"]["clean_acc"] - row["clean_acc"]
+    assert bool(summary["warnings"]) == (drop > 0)
+    assert ("**Warning:** mix_50-50" in (out / "study.md").read_text()) == (drop > 0)
+    # the study picks each variant's trainer and sampler itself
+    assert cli.main([*argv, "--sampler", "mat-max"]) == 2
