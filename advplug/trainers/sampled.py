@@ -23,6 +23,7 @@ class SampledTrainer(Trainer):
         super().__init__(model, threat, **params)
         self.sampler = sampler
         self.global_step = 0
+        self._range_checked = False
         self._reset_counts()  # per-source counts of the current epoch, for the metrics
 
     def bind(self, run) -> None:
@@ -56,8 +57,10 @@ class SampledTrainer(Trainer):
                                f"expected {tuple(x.shape)} (a SampledBatch with x shaped like the batch)")
         if batch.adversarial.shape != x.shape[:1] or batch.adversarial.dtype != torch.bool:
             raise AdvplugError(f"{what}: SampledBatch.adversarial must be a bool tensor of shape ({x.shape[0]},)")
-        if bool(((x_train < 0) | (x_train > 1)).any()):
+        # the [0, 1] check reads the device once: on the first batch of a (resumed) run only
+        if not self._range_checked and bool(((x_train < 0) | (x_train > 1)).any()):
             raise AdvplugError(f"{what} returned inputs outside [0, 1]")
+        self._range_checked = True
         return x_train.detach()
 
     def _count(self, batch, n):
