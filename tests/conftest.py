@@ -53,3 +53,11 @@ def standard_model(standard_model_path):
     import advplug
 
     return advplug.load_model(standard_model_path)
+
+
+def mnist_images(data_root, n: int, train: bool = True):
+    """The first ``n`` MNIST images of a split as floats in [0, 1], with their labels."""
+    from advplug.data import BUILTIN_DATASETS, load_split
+
+    x, y = load_split(BUILTIN_DATASETS["mnist"], train, data_root=data_root)
+    return x[:n].float() / 255, y[:n]

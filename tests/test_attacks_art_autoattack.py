@@ -11,10 +11,10 @@ import torch
 import advplug
 from advplug.attacks import art_adapters, autoattack_adapter
 from advplug.attacks.base import build_attack, info_of
-from advplug.data import BUILTIN_DATASETS, load_split
 from advplug.errors import AdvplugError
 from advplug.registries import Registrar, Registry
 from advplug.threat import Threat
+from conftest import mnist_images
 
 ART_NAMES = {"art:fgsm", "art:pgd", "art:cw-l2", "art:cw-linf", "art:deepfool", "art:hopskipjump",
              "art:square", "art:boundary"}
@@ -36,8 +36,7 @@ def model(standard_model_path):
 
 @pytest.fixture(scope="module")
 def mnist(data_root):
-    x, y = load_split(BUILTIN_DATASETS["mnist"], False, data_root=data_root)
-    return x[:32].float() / 255, y[:32]
+    return mnist_images(data_root, 32, train=False)
 
 
 def accuracy(model, x, y):

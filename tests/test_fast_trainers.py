@@ -18,15 +18,14 @@ from advplug.models import MnistCNN
 from advplug.monitor import clean_and_pgd_accuracy
 from advplug.threat import Threat
 from advplug.trainers import FGSMCheckpointTrainer, GradAlignTrainer, perturbation
-from conftest import tiny_config
+from conftest import mnist_images, tiny_config
 
 FAST_TRAINERS = ("free-at", "fgsm-ga", "fgsm-ckpt")
 
 
 @pytest.fixture(scope="module")
 def mnist_test(data_root):
-    x, y = load_split(BUILTIN_DATASETS["mnist"], False, data_root=data_root)
-    return x[:256].float() / 255, y[:256]
+    return mnist_images(data_root, 256, train=False)
 
 
 @pytest.fixture(scope="module")

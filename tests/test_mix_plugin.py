@@ -16,7 +16,6 @@ advplug_mix = pytest.importorskip("advplug_mix", reason="advplug-mix is not inst
 
 import advplug  # noqa: E402
 from advplug.cli import main as cli_main  # noqa: E402
-from advplug.data import BUILTIN_DATASETS, load_split  # noqa: E402
 from advplug.errors import AdvplugError  # noqa: E402
 from advplug.host import Host  # noqa: E402
 from advplug.models.mnist_cnn import MnistCNN  # noqa: E402
@@ -24,7 +23,7 @@ from advplug.samplers import SamplerContext, attack_batch, training_attack  # no
 from advplug.threat import Threat  # noqa: E402
 from advplug.trainers import SampledTrainer  # noqa: E402
 from advplug_mix import MATSampler, MixedRatioSampler, clean_count, split_counts  # noqa: E402
-from conftest import tiny_config  # noqa: E402
+from conftest import mnist_images, tiny_config  # noqa: E402
 
 LINF = Threat("Linf", 0.3)
 
@@ -32,8 +31,7 @@ LINF = Threat("Linf", 0.3)
 @pytest.fixture(scope="module")
 def mnist(data_root):
     """64 MNIST training images in [0, 1]."""
-    x, y = load_split(BUILTIN_DATASETS["mnist"], True, data_root=data_root)
-    return x[:64].float() / 255, y[:64]
+    return mnist_images(data_root, 64)
 
 
 @pytest.fixture

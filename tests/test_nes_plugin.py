@@ -10,11 +10,10 @@ advplug_nes = pytest.importorskip("advplug_nes", reason="advplug-nes is not inst
 
 import advplug  # noqa: E402
 from advplug.attacks.base import build_attack  # noqa: E402
-from advplug.data import BUILTIN_DATASETS, load_split  # noqa: E402
 from advplug.errors import AdvplugError  # noqa: E402
 from advplug.host import Host  # noqa: E402
 from advplug.threat import Threat  # noqa: E402
-from conftest import tiny_config  # noqa: E402
+from conftest import mnist_images, tiny_config  # noqa: E402
 
 LINF = Threat("Linf", 0.3)
 # 32 images x at most 400 queries: a few seconds on 2 CPU cores
@@ -47,8 +46,7 @@ def model(tmp_path_factory, data_root):
 
 @pytest.fixture(scope="module")
 def images(data_root):
-    x, y = load_split(BUILTIN_DATASETS["mnist"], False, data_root=data_root)
-    return x[:32].float() / 255, y[:32]
+    return mnist_images(data_root, 32, train=False)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ advplug_sat = pytest.importorskip("advplug_sat", reason="advplug-sat is not inst
 import advplug  # noqa: E402
 from advplug import cli  # noqa: E402
 from advplug.attacks.base import eval_frozen  # noqa: E402
-from advplug.data import BUILTIN_DATASETS, load_split  # noqa: E402
 from advplug.errors import AdvplugError  # noqa: E402
 from advplug.host import Host  # noqa: E402
 from advplug.monitor import pgd_attack  # noqa: E402
@@ -28,7 +27,7 @@ from advplug.trainers.pgd_at import PGDTrainer  # noqa: E402
 from advplug_sat import FUNCTIONS, ReLUSmoothBackward, SmoothReLU, derivative, gradient_role  # noqa: E402
 from advplug_sat import smooth_activation, smooth_module  # noqa: E402
 from advplug_sat.transform import TracedForward  # noqa: E402
-from conftest import tiny_config  # noqa: E402
+from conftest import mnist_images, tiny_config  # noqa: E402
 
 THREAT = Threat("Linf", 0.3)
 
@@ -36,8 +35,7 @@ THREAT = Threat("Linf", 0.3)
 @pytest.fixture(scope="module")
 def mnist(data_root):
     """32 MNIST training images in [0, 1]."""
-    x, y = load_split(BUILTIN_DATASETS["mnist"], True, data_root=data_root)
-    return x[:32].float() / 255, y[:32]
+    return mnist_images(data_root, 32)
 
 
 def mnist_cnn(**kwargs):

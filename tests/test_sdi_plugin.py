@@ -12,19 +12,17 @@ advplug_sdi = pytest.importorskip("advplug_sdi", reason="advplug-sdi is not inst
                                   "(pip install --no-deps -e plugins/advplug-sdi)")
 
 import advplug  # noqa: E402
-from advplug.data import BUILTIN_DATASETS, load_split  # noqa: E402
 from advplug.errors import AdvplugError  # noqa: E402
 from advplug.host import Host  # noqa: E402
 from advplug.threat import Threat  # noqa: E402
 from advplug_sdi import FGSMSDITrainer  # noqa: E402
-from conftest import tiny_config  # noqa: E402
+from conftest import mnist_images, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def mnist(data_root):
     """256 MNIST training images in [0, 1]."""
-    x, y = load_split(BUILTIN_DATASETS["mnist"], True, data_root=data_root)
-    return x[:256].float() / 255, y[:256]
+    return mnist_images(data_root, 256)
 
 
 def small_cnn():
