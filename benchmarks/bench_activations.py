@@ -5,7 +5,8 @@ ReLU: one fgsm-rs epoch on the same MNIST batches for each variant of a study fi
         [--variants examples/sat_ablation_mnist.toml] [--subset 2560] [--repeats 3]
 
 The variants (ReLU, softplus, GELU, SiLU, the backward-mode cells) are timed in turn within
-each repeat, so background load on a shared machine hits all of them alike; the table shows
+each repeat, in a new seeded random order every repeat, so background load on a shared
+machine and any drift during the run (allocator, caches, clock) hit all of them alike; the table shows
 the median epoch time over the repeats, the fastest one, and the median's ratio to the first
 variant. The per-epoch monitor, checkpointing and evaluation are off: this is the training
 step alone, which is what the activation changes.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -46,8 +48,12 @@ def main():
     times = {label: [] for label in runs}
     for label, run in runs.items():  # warm-up: first-call costs (torch.fx, allocator) off the clock
         run.train_epoch()
+    order = list(runs)
+    shuffler = random.Random(0)
     for _ in range(args.repeats):
-        for label, run in runs.items():
+        shuffler.shuffle(order)
+        for label in order:
+            run = runs[label]
             torch.manual_seed(0)
             start = time.perf_counter()
             run.train_epoch()
