@@ -11,7 +11,6 @@ from torch import nn
 
 import advplug
 from advplug.config import make_config
-from advplug.data import BUILTIN_DATASETS, load_split
 from advplug.engine import Run
 from advplug.host import get_host
 from advplug.models import MnistCNN
@@ -32,8 +31,7 @@ def mnist_test(data_root):
 def linear_model(data_root):
     """A logistic regression on 2,048 MNIST images (~90% right, far from robust): trains
     in a fraction of a second, and its margins along the FGSM direction vary widely."""
-    x, y = load_split(BUILTIN_DATASETS["mnist"], True, data_root=data_root)
-    x, y = x[:2048].float() / 255, y[:2048]
+    x, y = mnist_images(data_root, 2048)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
     opt = torch.optim.Adam(model.parameters(), lr=0.05)

@@ -5,17 +5,15 @@ import torch
 import torch.nn.functional as F
 
 import advplug
-from advplug.data import BUILTIN_DATASETS, load_split
 from advplug.monitor import clean_and_pgd_accuracy
 from advplug.threat import Threat
 from advplug.trainers import FGSMRSTrainer, PGDTrainer, perturbation
-from conftest import tiny_config
+from conftest import mnist_images, tiny_config
 
 
 @pytest.fixture(scope="module")
 def mnist_test(data_root):
-    x, y = load_split(BUILTIN_DATASETS["mnist"], False, data_root=data_root)
-    return x[:256].float() / 255, y[:256]
+    return mnist_images(data_root, 256, train=False)
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.3), ("L2", 2.0)])
