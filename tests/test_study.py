@@ -1,11 +1,21 @@
 """advplug study: identical settings and test images for every variant; one table, reusable runs."""
 import json
+import statistics
 
 import pytest
 
 from advplug import cli
 from advplug.errors import AdvplugError
 from advplug.study import trainer_variants
+
+
+def assert_times_are_the_runs(run_dir, row, reference_row):
+    """The study row's times are the run's recorded epoch times; its ratios divide them by the reference's."""
+    epochs = [json.loads(line)["epoch_time_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert row["epoch_times_s"] == epochs and row["train_s"] == pytest.approx(sum(epochs))
+    assert row["median_epoch_s"] == pytest.approx(statistics.median(epochs))
+    assert row["epoch_time_ratio"] == pytest.approx(row["median_epoch_s"] / reference_row["median_epoch_s"])
+    assert row["train_time_ratio"] == pytest.approx(row["train_s"] / reference_row["train_s"])
 
 
 def test_trainer_list_keeps_parameters_with_their_trainer():
@@ -31,12 +41,13 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     # the same 100 test images for both models, recorded once
     evaluation = json.loads((out / "eval" / "eval.json").read_text())
     assert evaluation["samples"] == 100 and len(evaluation["test_indices"]) == 100
-    # the table's numbers are the evaluation's; PGD-2 training costs more than standard per epoch
+    # the table's numbers are the evaluation's, its times the runs' own (speed itself belongs in benchmarks/:
+    # on a shared 2-core machine a 1-epoch timing comparison is noise)
     for method, row in rows.items():
         model = evaluation["models"][method]
         assert row["clean_acc"] == model["clean_acc"]
         assert row["robust"] == {a["attack"]: a["robust_acc"] for a in model["attacks"]}
-    assert rows["pgd-at_steps=2"]["epoch_time_ratio"] > 1.5
+        assert_times_are_the_runs(out / "runs" / method, row, rows["standard"])
     assert rows["standard"]["epoch_time_ratio"] == 1.0
     md = (out / "study.md").read_text()
     assert "| pgd-at_steps=2 |" in md and "epoch time vs standard" in md
@@ -131,8 +142,7 @@ def test_mix_ratio_study_trains_a_clean_baseline_and_each_ratio_and_warns_on_cle
     assert rows["mix_50-50"]["sampler_params"] == {"ratio": "50:50", "attacks": "fgsm,pgd:steps=2"}
     history = [json.loads(line) for line in (out / "runs" / "mix_50-50" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["sampler_adversarial_share"] == pytest.approx(0.5)
-    # attacking half of every batch costs more than clean training
-    assert rows["mix_50-50"]["train_time_ratio"] > 1.0
+    assert_times_are_the_runs(out / "runs" / "mix_50-50", rows["mix_50-50"], rows["clean"])
     row = rows["mix_50-50"]
     assert row["mean_robust_acc"] == row["robust"]["fgsm"] and row["attack_gap"] == 0.0
     drop = rows["clean"]["clean_acc"] - row["clean_acc"]
