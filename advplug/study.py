@@ -4,8 +4,10 @@ identical test subset, and write one comparison table (Markdown + JSON) and a pl
 A study is a dict ``{label: config overrides}`` on top of a shared base config. Each variant
 trains into ``<out>/runs/<label>``; a variant whose ``model.pt`` exists with the same
 config is reused, so an interrupted study continues where it stopped (and an interrupted
-variant resumes from its checkpoint). Training time is the sum of the epochs' training
-time (the per-epoch monitor excluded), so methods compare on what they cost to train.
+variant resumes from its checkpoint); each model's evaluation is reused while its weights, the
+attacks and the test images are unchanged, so a variant added later is the only one evaluated.
+Training time is the sum of the epochs' training time (the per-epoch monitor excluded), so
+methods compare on what they cost to train.
 """
 from __future__ import annotations
 
@@ -133,7 +135,6 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
 
     The first variant is the reference for time ratios and for ``clean_drop_warning``: a
     warning for every model whose clean accuracy is more than that many points below it."""
-    from .evaluate import run_evaluation
     from .modelio import load_model_and_spec
 
     from .host import get_host
@@ -150,15 +151,8 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
     histories = {label: _train_variant(label, cfg, host) for label, cfg in configs.items()}
     any_cfg = next(iter(configs.values()))
     models = {label: load_model_and_spec(Path(cfg.out) / "model.pt", "cpu") for label, cfg in configs.items()}
-    evaluation = _reusable_evaluation(out / "eval" / "eval.json", configs, attacks, test_subset, eval_seed, any_cfg)
-    if evaluation is None:
-        evaluation = run_evaluation(models, dataset=any_cfg.dataset, attacks=attacks, norm=any_cfg.norm,
-                                    eps=any_cfg.eps, test_subset=test_subset, seed=eval_seed,
-                                    data_root=any_cfg.data_root, verify_checksums=any_cfg.verify_checksums,
-                                    batch_size=batch_size, out=out / "eval", progress=progress)
-    else:
-        print(f"[study] reusing the evaluation in {out / 'eval' / 'eval.json'} (same models, attacks and "
-              f"test images)", flush=True)
+    evaluation = _evaluate_variants(models, configs, out / "eval", attacks=attacks, test_subset=test_subset,
+                                    eval_seed=eval_seed, batch_size=batch_size, progress=progress)
     reference = next(iter(variants))
     rows = []
     for label, history in histories.items():
@@ -207,21 +201,54 @@ def _clean_drop_warnings(rows: list[dict], reference: str, points: float | None)
             if r["method"] != reference and ref - r["clean_acc"] > points]
 
 
-def _reusable_evaluation(path: Path, configs: dict, attacks: str, test_subset, eval_seed, cfg) -> dict | None:
-    """A previous evaluation of exactly these models (not retrained since), attacks and test images."""
+def _evaluate_variants(models: dict, configs: dict, out: Path, *, attacks, test_subset, eval_seed, batch_size,
+                       progress) -> dict:
+    """Evaluate the study's models on one test subset, reusing every model's result from a
+    previous evaluation of the same attacks and test images when its weights have not changed
+    since; a variant added to a study is the only one trained and evaluated."""
+    from .evaluate import run_evaluation
+    from .report import write_reports
+
+    path, cfg = out / "eval.json", next(iter(configs.values()))
+    saved, previous = _reusable_results(path, configs, attacks, test_subset, eval_seed, cfg)
+    if len(previous) == len(configs):
+        print(f"[study] reusing the evaluation in {path} (same models, attacks and test images)", flush=True)
+        return {"meta": {k: v for k, v in saved.items() if k != "models"}, "results": previous}
+    todo = {label: model for label, model in models.items() if label not in previous}
+    if previous:
+        print(f"[study] reusing the evaluation of {', '.join(previous)} in {path}; evaluating "
+              f"{', '.join(todo)} on the same test images", flush=True)
+    kwargs = dict(dataset=cfg.dataset, attacks=attacks, norm=cfg.norm, eps=cfg.eps, test_subset=test_subset,
+                  seed=eval_seed, data_root=cfg.data_root, verify_checksums=cfg.verify_checksums,
+                  batch_size=batch_size, progress=progress)
+    fresh = run_evaluation(todo, **kwargs)
+    if previous and fresh["meta"]["test_indices"] != saved.get("test_indices"):
+        print("[study] the test images differ from the previous evaluation's; evaluating every model", flush=True)
+        fresh, previous = run_evaluation(models, **kwargs), {}
+    meta = dict(fresh["meta"])
+    if previous:
+        meta["reused"] = {"models": list(previous), "evaluated": saved.get("time")}
+    results = {label: fresh["results"].get(label) or previous[label] for label in configs}
+    json_path, md_path = write_reports(out, results, meta)
+    print(f"written: {json_path}, {md_path}")
+    return {"meta": meta, "results": results}
+
+
+def _reusable_results(path: Path, configs: dict, attacks: str, test_subset, eval_seed, cfg) -> tuple[dict, dict]:
+    """A previous evaluation of these attacks on these test images -> (its file, {label:
+    result} for every model evaluated there and not retrained since)."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    newest_model = max((Path(c.out) / "model.pt").stat().st_mtime for c in configs.values())
+        return {}, {}
     same = (saved.get("attacks") == attacks and saved.get("seed") == eval_seed and saved.get("dataset") == cfg.dataset
             and saved.get("threat") == {"norm": cfg.norm, "eps": cfg.eps}
-            and (test_subset is None or saved.get("samples") == test_subset)
-            and set(saved.get("models", {})) == set(configs) and path.stat().st_mtime > newest_model)
+            and (test_subset is None or saved.get("samples") == test_subset))
     if not same:
-        return None
-    meta = {k: v for k, v in saved.items() if k != "models"}
-    return {"meta": meta, "results": saved["models"]}
+        return saved, {}
+    evaluated = path.stat().st_mtime
+    return saved, {label: saved["models"][label] for label, c in configs.items()
+                   if label in saved.get("models", {}) and (Path(c.out) / "model.pt").stat().st_mtime < evaluated}
 
 
 def markdown(summary: dict) -> str:

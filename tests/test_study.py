@@ -70,7 +70,21 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     assert "reusing the finished run" in third and "training into" not in third
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.pt")} == \
         {p: t for p, t in stamps.items() if p.name == "model.pt"}
-    assert json.loads((out / "eval" / "eval.json").read_text())["samples"] == 80
+    previous = json.loads((out / "eval" / "eval.json").read_text())
+    assert previous["samples"] == 80
+    # a variant added to the study is the only one trained and evaluated; the others' results are kept
+    added = [*argv[:i + 1], "80", *argv[i + 2:]]
+    added[added.index("--trainers") + 1] = "standard,pgd-at:steps=2,fgsm-rs"
+    assert cli.main(added) == 0
+    fourth = capsys.readouterr().out
+    assert fourth.count("training into") == 1 and "fgsm-rs: training into" in fourth
+    assert "reusing the evaluation of standard, pgd-at_steps=2" in fourth
+    merged = json.loads((out / "eval" / "eval.json").read_text())
+    assert list(merged["models"]) == ["standard", "pgd-at_steps=2", "fgsm-rs"]
+    assert {m: merged["models"][m] for m in previous["models"]} == previous["models"]
+    assert merged["reused"] == {"models": ["standard", "pgd-at_steps=2"], "evaluated": previous["time"]}
+    assert merged["test_indices"] == previous["test_indices"]
+    assert [r["method"] for r in json.loads((out / "study.json").read_text())["rows"]] == list(merged["models"])
 
 
 def test_study_rejects_a_bad_trainer_before_training_anything(tmp_path, data_root, capsys):
