@@ -111,17 +111,43 @@ class TrainConfig:
         return cls(**values)
 
 
-def read_config_file(path) -> dict:
-    """A TOML (``run.toml``) or JSON (e.g. a run's ``config.json``) file as a dict."""
+def read_config_file(path, _including=()) -> dict:
+    """A TOML (``run.toml``) or JSON (e.g. a run's ``config.json``) file as a dict.
+
+    A file may start from another one, ``config = "other.toml"`` (relative to the file, which
+    may itself start from a third); the including file's keys win, ``model_params`` and
+    ``augment`` merge key by key."""
     path = Path(path)
     if not path.is_file():
         raise AdvplugError(f"config file {path} not found")
     try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        return tomllib.loads(path.read_text())
+        values = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise AdvplugError(f"config file {path} cannot be parsed: {exc}") from None
+    parent = values.pop("config", None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str):
+        raise AdvplugError(f"config file {path}: config = {parent!r} must be the name of the file to start from, "
+                           f'e.g. config = "fast_at_mnist.toml"')
+    chain = (*_including, path.resolve())
+    parent_path = path.parent / parent
+    if parent_path.resolve() in chain:
+        raise AdvplugError(f"config files start from each other in a circle: "
+                           f"{' -> '.join(str(p) for p in (*chain, parent_path.resolve()))}")
+    return merge_config(read_config_file(parent_path, chain), values)
+
+
+def merge_config(values: dict, overrides: dict) -> dict:
+    """``values`` with ``overrides`` on top (None ignored); MERGED_KEYS dicts merge key by key."""
+    values = dict(values)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in MERGED_KEYS and isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}  # --activation refines the file's model_params
+        values[key] = value
+    return values
 
 
 def make_config(config=None, **overrides) -> TrainConfig:
@@ -134,10 +160,4 @@ def make_config(config=None, **overrides) -> TrainConfig:
         values = {}
     else:
         values = read_config_file(config)
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in MERGED_KEYS and isinstance(value, dict) and isinstance(values.get(key), dict):
-            value = {**values[key], **value}  # --activation refines the file's model_params
-        values[key] = value
-    return TrainConfig.from_dict(values).validate()
+    return TrainConfig.from_dict(merge_config(values, overrides)).validate()

@@ -79,10 +79,6 @@ def file_variants(path) -> tuple[dict, dict[str, dict]]:
     if not isinstance(variants, dict) or not variants or not all(isinstance(v, dict) for v in variants.values()):
         raise AdvplugError(f"{path}: give at least one [variants.<label>] table of config overrides, e.g.\n"
                            f"[variants.relu]\n[variants.silu]\ntransforms = [\"smooth-activation:fn=silu\"]")
-    if "config" in data:
-        base = read_config_file(path.parent / data.pop("config"))
-        base.update(data)
-        data = base
     bad = [label for label in variants if label != label_for(label)]
     if bad:
         raise AdvplugError(f"{path}: variant labels become directory names; use letters, digits and "

@@ -191,3 +191,26 @@ def test_activation_flag_merges_with_config_model_params(tmp_path, monkeypatch):
     cfg.write_text('model = "wrn-34-10"\n[model_params]\ndepth = 16\nwiden_factor = 4\n')
     assert cli.main(["train", "--config", str(cfg), "--activation", "silu"]) == 130
     assert seen["cfg"].model_params == {"depth": 16, "widen_factor": 4, "activation": "silu"}
+
+
+def test_a_config_file_starts_from_another_and_its_own_keys_win(tmp_path, data_root, capsys):
+    from advplug.config import make_config, read_config_file
+
+    (tmp_path / "base.toml").write_text('epochs = 4\nlr = 0.01\n[model_params]\nwidth = 8\nactivation = "relu"\n')
+    (tmp_path / "mid.toml").write_text('config = "base.toml"\nepochs = 2\n[model_params]\nactivation = "silu"\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "run.toml").write_text('config = "../mid.toml"\nseed = 3\n')
+    cfg = make_config(tmp_path / "sub" / "run.toml", lr=0.5)
+    assert (cfg.epochs, cfg.lr, cfg.seed) == (2, 0.5, 3)
+    assert cfg.model_params == {"width": 8, "activation": "silu"}
+    # the shipped example that starts from fast_at_mnist.toml trains exactly what it listed before
+    assert read_config_file(REPO / "examples" / "mix_ratio_mnist.toml") == {
+        "dataset": "mnist", "model": "mnist-cnn", "norm": "Linf", "eps": 0.3, "epochs": 2, "batch_size": 128,
+        "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "train_subset": 4000, "test_subset": 200,
+        "monitor_size": 256, "eval_steps": 0, "seed": 0, "progress": False}
+    (tmp_path / "base.toml").write_text('config = "sub/run.toml"\n')
+    msg = run_cli(capsys, ["train", "--config", str(tmp_path / "sub" / "run.toml"), *small_flags(tmp_path, data_root)])
+    assert "in a circle" in msg and "base.toml" in msg
+    (tmp_path / "odd.toml").write_text("config = 3\n")
+    msg = run_cli(capsys, ["train", "--config", str(tmp_path / "odd.toml"), *small_flags(tmp_path, data_root)])
+    assert "must be the name of the file to start from" in msg
