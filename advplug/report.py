@@ -40,6 +40,15 @@ def markdown_table(results: dict) -> str:
     return "\n".join(out)
 
 
+def reused_note(meta: dict) -> str:
+    """The sentence saying which models' results an evaluation took over from an earlier one."""
+    reused = meta.get("reused")
+    if not reused:
+        return ""
+    return (f"The results of {', '.join(reused['models'])} are those of the evaluation of {reused['evaluated']} "
+            f"(same weights, attacks and test images).")
+
+
 def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +65,8 @@ def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
           f"{meta['samples']} test images (indices from seed {meta['seed']}; identical for every model). "
           f"Accuracies in %; worst = per-sample worst case over all attacks; gap = best − worst attack.", "",
           markdown_table(results), ""]
+    if meta.get("reused"):
+        md += [reused_note(meta), ""]
     if notes:
         md += ["Notes:", *notes, ""]
     if warnings:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import make_config
 from .errors import AdvplugError
 from .params import split_spec_list
+from .report import reused_note
 
 FAST_AT_TRAINERS = "fgsm-rs,fgsm-sdi,pgd-at:steps=10"
 FAST_AT_ATTACKS = "pgd:steps=10,pgd:steps=20,pgd:steps=50,cw,apgd,autoattack"
@@ -276,7 +277,7 @@ def _setting_line(summary: dict) -> str:
             f"({cfg['lr_schedule']}), seed {cfg['seed']}; evaluated on the same {ev['samples']} test images "
             f"(eval seed {ev['seed']}). Accuracies in %; mean = mean over the attacks; worst = per-sample "
             f"worst case over the attacks; gap = best minus worst attack accuracy; training time excludes the "
-            f"per-epoch monitor; epoch-time ratios use the median epoch.")
+            f"per-epoch monitor; epoch-time ratios use the median epoch. {reused_note(ev)}").rstrip()
 
 
 def plot_study(summary: dict, path) -> Path:

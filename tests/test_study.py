@@ -85,6 +85,8 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     assert merged["reused"] == {"models": ["standard", "pgd-at_steps=2"], "evaluated": previous["time"]}
     assert merged["test_indices"] == previous["test_indices"]
     assert [r["method"] for r in json.loads((out / "study.json").read_text())["rows"]] == list(merged["models"])
+    assert "The results of standard, pgd-at_steps=2 are those of the evaluation of" in (out / "study.md").read_text()
+    assert "The results of standard, pgd-at_steps=2" in (out / "eval" / "eval.md").read_text()
 
 
 def test_study_rejects_a_bad_trainer_before_training_anything(tmp_path, data_root, capsys):
