@@ -41,12 +41,14 @@ def markdown_table(results: dict) -> str:
 
 
 def reused_note(meta: dict) -> str:
-    """The sentence saying which models' results an evaluation took over from an earlier one."""
-    reused = meta.get("reused")
-    if not reused:
+    """The sentence saying which models' results an evaluation took over from earlier ones."""
+    by_time = {}
+    for model, when in (meta.get("reused") or {}).items():
+        by_time.setdefault(when, []).append(model)
+    if not by_time:
         return ""
-    return (f"The results of {', '.join(reused['models'])} are those of the evaluation of {reused['evaluated']} "
-            f"(same weights, attacks and test images).")
+    parts = [f"{', '.join(models)} (evaluated {when})" for when, models in by_time.items()]
+    return f"Results reused from earlier evaluations (same weights, attacks and test images): {'; '.join(parts)}."
 
 
 def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:

@@ -223,8 +223,9 @@ def _evaluate_variants(models: dict, configs: dict, out: Path, *, attacks, test_
         print("[study] the test images differ from the previous evaluation's; evaluating every model", flush=True)
         fresh, previous = run_evaluation(models, **kwargs), {}
     meta = dict(fresh["meta"])
-    if previous:
-        meta["reused"] = {"models": list(previous), "evaluated": saved.get("time")}
+    if previous:  # when each reused result was computed (it may itself have been reused before)
+        earlier = saved.get("reused") or {}
+        meta["reused"] = {label: earlier.get(label, saved.get("time")) for label in previous}
     results = {label: fresh["results"].get(label) or previous[label] for label in configs}
     json_path, md_path = write_reports(out, results, meta)
     print(f"written: {json_path}, {md_path}")

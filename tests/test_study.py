@@ -82,11 +82,12 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     merged = json.loads((out / "eval" / "eval.json").read_text())
     assert list(merged["models"]) == ["standard", "pgd-at_steps=2", "fgsm-rs"]
     assert {m: merged["models"][m] for m in previous["models"]} == previous["models"]
-    assert merged["reused"] == {"models": ["standard", "pgd-at_steps=2"], "evaluated": previous["time"]}
+    assert merged["reused"] == {"standard": previous["time"], "pgd-at_steps=2": previous["time"]}
     assert merged["test_indices"] == previous["test_indices"]
     assert [r["method"] for r in json.loads((out / "study.json").read_text())["rows"]] == list(merged["models"])
-    assert "The results of standard, pgd-at_steps=2 are those of the evaluation of" in (out / "study.md").read_text()
-    assert "The results of standard, pgd-at_steps=2" in (out / "eval" / "eval.md").read_text()
+    note = f"reused from earlier evaluations (same weights, attacks and test images): standard, pgd-at_steps=2 " \
+           f"(evaluated {previous['time']})."
+    assert note in (out / "study.md").read_text() and note in (out / "eval" / "eval.md").read_text()
 
 
 def test_study_rejects_a_bad_trainer_before_training_anything(tmp_path, data_root, capsys):
