@@ -53,3 +53,14 @@ def safe_load(path, formats=(CHECKPOINT_FORMAT, MODEL_FORMAT)) -> dict:
             f"(for a plain state_dict, build the model and call load_state_dict yourself)"
         )
     return obj
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes (a model file's identity, whatever its date)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -201,13 +201,16 @@ def _clean_drop_warnings(rows: list[dict], reference: str, points: float | None)
 def _evaluate_variants(models: dict, configs: dict, out: Path, *, attacks, test_subset, eval_seed, batch_size,
                        progress) -> dict:
     """Evaluate the study's models on one test subset, reusing every model's result from a
-    previous evaluation of the same attacks and test images when its weights have not changed
-    since; a variant added to a study is the only one trained and evaluated."""
+    previous evaluation of the same attacks and test images when its ``model.pt`` is the same
+    file (SHA-256, kept in eval.json; dates do not count); a variant added to a study is the
+    only one trained and evaluated."""
+    from .checkpoint import file_sha256
     from .evaluate import run_evaluation
     from .report import write_reports
 
     path, cfg = out / "eval.json", next(iter(configs.values()))
-    saved, previous = _reusable_results(path, configs, attacks, test_subset, eval_seed, cfg)
+    digests = {label: file_sha256(Path(c.out) / "model.pt") for label, c in configs.items()}
+    saved, previous = _reusable_results(path, digests, attacks, test_subset, eval_seed, cfg)
     if len(previous) == len(configs):
         print(f"[study] reusing the evaluation in {path} (same models, attacks and test images)", flush=True)
         return {"meta": {k: v for k, v in saved.items() if k != "models"}, "results": previous}
@@ -226,15 +229,16 @@ def _evaluate_variants(models: dict, configs: dict, out: Path, *, attacks, test_
     if previous:  # when each reused result was computed (it may itself have been reused before)
         earlier = saved.get("reused") or {}
         meta["reused"] = {label: earlier.get(label, saved.get("time")) for label in previous}
-    results = {label: fresh["results"].get(label) or previous[label] for label in configs}
+    results = {label: {**fresh["results"][label], "model_sha256": digests[label]} if label in fresh["results"]
+               else previous[label] for label in configs}
     json_path, md_path = write_reports(out, results, meta)
     print(f"written: {json_path}, {md_path}")
     return {"meta": meta, "results": results}
 
 
-def _reusable_results(path: Path, configs: dict, attacks: str, test_subset, eval_seed, cfg) -> tuple[dict, dict]:
+def _reusable_results(path: Path, digests: dict, attacks: str, test_subset, eval_seed, cfg) -> tuple[dict, dict]:
     """A previous evaluation of these attacks on these test images -> (its file, {label:
-    result} for every model evaluated there and not retrained since)."""
+    result} for every model evaluated there whose model.pt has the same SHA-256 now)."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -244,9 +248,9 @@ def _reusable_results(path: Path, configs: dict, attacks: str, test_subset, eval
             and (test_subset is None or saved.get("samples") == test_subset))
     if not same:
         return saved, {}
-    evaluated = path.stat().st_mtime
-    return saved, {label: saved["models"][label] for label, c in configs.items()
-                   if label in saved.get("models", {}) and (Path(c.out) / "model.pt").stat().st_mtime < evaluated}
+    models = saved.get("models", {})
+    return saved, {label: models[label] for label, digest in digests.items()
+                   if models.get(label, {}).get("model_sha256") == digest}
 
 
 def markdown(summary: dict) -> str:

@@ -1,8 +1,10 @@
 """advplug study: identical settings and test images for every variant; one table, reusable runs."""
 import json
+import os
 import statistics
 
 import pytest
+import torch
 
 from advplug import cli
 from advplug.errors import AdvplugError
@@ -88,6 +90,19 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     note = f"reused from earlier evaluations (same weights, attacks and test images): standard, pgd-at_steps=2 " \
            f"(evaluated {previous['time']})."
     assert note in (out / "study.md").read_text() and note in (out / "eval" / "eval.md").read_text()
+    # a model file's content decides, not its date: a touched file is reused, changed weights are evaluated again
+    (out / "runs" / "standard" / "model.pt").touch()
+    changed = out / "runs" / "fgsm-rs" / "model.pt"
+    stat, saved = changed.stat(), torch.load(changed, weights_only=True)
+    first = next(iter(saved["state_dict"]))
+    saved["state_dict"][first] = saved["state_dict"][first] + 0.05
+    torch.save(saved, changed)
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert cli.main(added) == 0
+    assert "reusing the evaluation of standard, pgd-at_steps=2 in" in capsys.readouterr().out
+    again = json.loads((out / "eval" / "eval.json").read_text())
+    assert again["models"]["fgsm-rs"]["model_sha256"] != merged["models"]["fgsm-rs"]["model_sha256"]
+    assert again["reused"] == merged["reused"]  # the first time each reused result was computed
 
 
 def test_study_rejects_a_bad_trainer_before_training_anything(tmp_path, data_root, capsys):
