@@ -67,8 +67,9 @@ def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
           f"{meta['samples']} test images (indices from seed {meta['seed']}; identical for every model). "
           f"Accuracies in %; worst = per-sample worst case over all attacks; gap = best − worst attack.", "",
           markdown_table(results), ""]
-    if meta.get("reused"):
-        md += [reused_note(meta), ""]
+    reused = reused_note(meta)
+    if reused:
+        md += [reused, ""]
     if notes:
         md += ["Notes:", *notes, ""]
     if warnings:

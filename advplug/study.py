@@ -132,8 +132,6 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
 
     The first variant is the reference for time ratios and for ``clean_drop_warning``: a
     warning for every model whose clean accuracy is more than that many points below it."""
-    from .modelio import load_model_and_spec
-
     from .host import get_host
 
     out = Path(out)
@@ -147,8 +145,7 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
             registry.get("samplers", cfg.sampler)
     histories = {label: _train_variant(label, cfg, host) for label, cfg in configs.items()}
     any_cfg = next(iter(configs.values()))
-    models = {label: load_model_and_spec(Path(cfg.out) / "model.pt", "cpu") for label, cfg in configs.items()}
-    evaluation = _evaluate_variants(models, configs, out / "eval", attacks=attacks, test_subset=test_subset,
+    evaluation = _evaluate_variants(configs, out / "eval", attacks=attacks, test_subset=test_subset,
                                     eval_seed=eval_seed, batch_size=batch_size, progress=progress)
     reference = next(iter(variants))
     rows = []
@@ -198,14 +195,14 @@ def _clean_drop_warnings(rows: list[dict], reference: str, points: float | None)
             if r["method"] != reference and ref - r["clean_acc"] > points]
 
 
-def _evaluate_variants(models: dict, configs: dict, out: Path, *, attacks, test_subset, eval_seed, batch_size,
-                       progress) -> dict:
+def _evaluate_variants(configs: dict, out: Path, *, attacks, test_subset, eval_seed, batch_size, progress) -> dict:
     """Evaluate the study's models on one test subset, reusing every model's result from a
     previous evaluation of the same attacks and test images when its ``model.pt`` is the same
     file (SHA-256, kept in eval.json; dates do not count); a variant added to a study is the
     only one trained and evaluated."""
     from .checkpoint import file_sha256
     from .evaluate import run_evaluation
+    from .modelio import load_model_and_spec
     from .report import write_reports
 
     path, cfg = out / "eval.json", next(iter(configs.values()))
@@ -214,17 +211,24 @@ def _evaluate_variants(models: dict, configs: dict, out: Path, *, attacks, test_
     if len(previous) == len(configs):
         print(f"[study] reusing the evaluation in {path} (same models, attacks and test images)", flush=True)
         return {"meta": {k: v for k, v in saved.items() if k != "models"}, "results": previous}
-    todo = {label: model for label, model in models.items() if label not in previous}
+    todo = [label for label in configs if label not in previous]
     if previous:
         print(f"[study] reusing the evaluation of {', '.join(previous)} in {path}; evaluating "
               f"{', '.join(todo)} on the same test images", flush=True)
     kwargs = dict(dataset=cfg.dataset, attacks=attacks, norm=cfg.norm, eps=cfg.eps, test_subset=test_subset,
                   seed=eval_seed, data_root=cfg.data_root, verify_checksums=cfg.verify_checksums,
                   batch_size=batch_size, progress=progress)
-    fresh = run_evaluation(todo, **kwargs)
+
+    def evaluate(labels):  # models are loaded only when they are evaluated
+        return run_evaluation({label: load_model_and_spec(Path(configs[label].out) / "model.pt", "cpu")
+                               for label in labels}, **kwargs)
+
+    fresh = evaluate(todo)
     if previous and fresh["meta"]["test_indices"] != saved.get("test_indices"):
-        print("[study] the test images differ from the previous evaluation's; evaluating every model", flush=True)
-        fresh, previous = run_evaluation(models, **kwargs), {}
+        print("[study] the test images differ from the previous evaluation's; evaluating "
+              f"{', '.join(previous)} again", flush=True)
+        fresh["results"].update(evaluate(previous)["results"])
+        previous = {}
     meta = dict(fresh["meta"])
     if previous:  # when each reused result was computed (it may itself have been reused before)
         earlier = saved.get("reused") or {}
