@@ -115,12 +115,22 @@ def test_cifar10_test_split_loads_without_md5(data_root):
         load_split(CIFAR10, False, data_root=data_root, verify_checksums=True)
 
 
-def test_cifar10_train_split_absent(data_root):
-    _cifar_test_batch(data_root)
+def test_cifar10_train_split_loads_without_md5(data_root):
+    """../shared/data holds the full re-packed training set: 50,000 images, 5,000 per class."""
+    if not (Path(data_root) / "cifar-10-batches-py" / "data_batch_5").is_file():
+        pytest.skip("CIFAR-10 training batches not present")
+    x, y = load_split(CIFAR10, True, data_root=data_root, verify_checksums=False)
+    assert x.shape == (50000, 3, 32, 32) and x.dtype == torch.uint8
+    assert torch.bincount(y).tolist() == [5000] * 10
+    assert y[:5].tolist() == [6, 9, 9, 4, 1]  # frog, truck, truck, deer, automobile: the official order
+
+
+def test_cifar10_train_split_missing_is_one_error(tmp_path):
     with pytest.raises(AdvplugError) as info:
-        load_split(CIFAR10, True, data_root=data_root, verify_checksums=False)
+        load_split(CIFAR10, True, data_root=tmp_path, verify_checksums=False)
     msg = str(info.value)
-    assert "not found" in msg and "data_batch_1" in msg and "--data-root" in msg
+    assert "cifar10 train split not found" in msg and "data_batch_1" in msg and "--data-root" in msg
+    assert str(tmp_path) in msg
 
 
 # -- augment_batch --------------------------------------------------------------------
