@@ -436,13 +436,15 @@ def main(argv=None) -> int:
 
 
 def _warn_plugin_errors(args):
+    """One stderr line per plugin that failed to load or was disabled (``advplug plugins``
+    lists them itself; errors inside hooks were warned about when they happened)."""
     if args.command == "plugins":
         return
     from . import host
 
     if host._HOST is not None:
         for err in host._HOST.errors:
-            if err.where == "import":
+            if err.provides_nothing:
                 print(f"advplug: warning: {err}", file=sys.stderr)
 
 

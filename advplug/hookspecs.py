@@ -12,8 +12,11 @@ advplug's own attacks, trainers, models and datasets register through these same
 
 Fault isolation: each plugin's hook implementation is called on its own. One that raises
 is recorded (``advplug plugins`` shows the error, the CLI warns) and the others still
-run. Registering a name that another plugin already registered is an error that names
-both plugins.
+run. Registering a name (or alias) that another plugin already registered in that kind is
+an error of the later plugin, naming both plugins and the name: the later plugin (never
+advplug's built-ins, which register first) is disabled as a whole, so everything it
+registered, of every kind, is removed, it registers nothing more, and asking for one of
+its names says that it was disabled and why.
 
 Registration hooks
 ------------------

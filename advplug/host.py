@@ -1,7 +1,9 @@
 """The plugin manager: finds plugins, calls hooks one plugin at a time, builds the registry.
 
 A plugin that fails to import, or raises inside a hook, is recorded in ``host.errors``
-(and shown by ``advplug plugins``) while every other plugin keeps working.
+(and shown by ``advplug plugins``) while every other plugin keeps working. A plugin that
+registers a name another plugin registered before it (advplug's built-ins come first) is
+disabled as a whole: none of its things are in the registry, and it is recorded too.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from importlib import metadata
 import pluggy
 
 from . import hookspecs
-from .registries import KINDS, Registrar, Registry
+from .registries import KINDS, PluginDisabled, Registrar, Registry
 
 ENTRY_POINT_GROUP = "advplug"
 BUILTIN_PLUGIN = "advplug"
@@ -33,8 +35,26 @@ class PluginError:
     plugin: str
     where: str  # "import" or a hook name
     error: str
+    disabled: bool = False  # a name clash in hook ``where`` disabled the whole plugin
+
+    @property
+    def failed_to_load(self) -> bool:
+        return self.where == "import"
+
+    @property
+    def provides_nothing(self) -> bool:
+        """The plugin failed to load or was disabled: none of its things are registered."""
+        return self.failed_to_load or self.disabled
+
+    @property
+    def detail(self) -> str:
+        """``where: error``, as ``advplug plugins`` lists it."""
+        where = f"disabled in {self.where}" if self.disabled else self.where
+        return f"{where}: {self.error}"
 
     def __str__(self):
+        if self.disabled:
+            return f"plugin {self.plugin!r} was disabled: {self.error}"
         return f"plugin {self.plugin!r} failed in {self.where}: {self.error}"
 
 
@@ -96,11 +116,9 @@ class Host:
         args = {name: kwargs[name] for name in impl.argnames}
         try:
             return True, impl.function(**args)
+        except PluginDisabled:
+            return False, None  # the registry disabled the plugin; the host reports it once
         except Exception as exc:  # noqa: BLE001
-            from .errors import AdvplugError
-
-            if isinstance(exc, AdvplugError) and hook_name.startswith("advplug_register_"):
-                raise  # e.g. a name clash: the user must act on it
             err = PluginError(impl.plugin_name, hook_name, _describe(exc))
             self.errors.append(err)
             print(f"advplug: warning: {err}", file=sys.stderr)
@@ -127,27 +145,54 @@ class Host:
 
     @property
     def registry(self) -> Registry:
+        """Everything the plugins registered, built on first use (see ``_build_registry``)."""
         if self._registry is None:
-            self.errors = [e for e in self.errors if not e.where.startswith("advplug_register_")]
-            registry = Registry()
-            for kind, (hook_name, _noun) in KINDS.items():
-                for impl in self._impls(hook_name):
-                    self._call_one(impl, hook_name, {"registry": Registrar(registry, kind, impl.plugin_name)})
-            self._registry = registry
+            self._registry = self._build_registry()
         return self._registry
 
+    def _build_registry(self) -> Registry:
+        """Call every registration hook, kind by kind, in plugin registration order.
+
+        A plugin whose name clashes with an earlier plugin's is disabled by the registry:
+        its hooks are not called any more and it is recorded once in ``errors``
+        (``disabled=True``, ``where`` = the hook that clashed). The registry also learns
+        which plugins failed to import, to name them when a name is unknown.
+        """
+        self.errors = [e for e in self.errors if not e.where.startswith("advplug_register_")]
+        registry = Registry()
+        for err in self.errors:
+            if err.failed_to_load:
+                registry.mark_failed_to_load(err.plugin, err.error)
+        for kind, (hook_name, _noun) in KINDS.items():
+            for impl in self._registration_order(hook_name):
+                if not registry.is_disabled(impl.plugin_name):
+                    self._call_one(impl, hook_name, {"registry": Registrar(registry, kind, impl.plugin_name)})
+        self.errors += [PluginError(p.plugin, KINDS[p.disabled_in][0], p.error, disabled=True)
+                        for p in registry.disabled()]
+        return registry
+
+    def _registration_order(self, hook_name):
+        """The hook's implementations in the order their plugins were registered: built-ins
+        first, then entry points as discovered, whatever tryfirst/trylast say; so in a
+        name clash the plugin registered later is the one disabled."""
+        rank = {name: i for i, (name, _plugin) in enumerate(self.pm.list_name_plugin())}
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return sorted(impls, key=lambda impl: rank[impl.plugin_name])
+
     def describe(self) -> list:
-        """One dict per plugin: name, version, source, error, and what it registered."""
+        """One dict per plugin: name, version, source, what it registered, its errors
+        (``where: error``) and whether it is disabled (then it registered nothing)."""
         by_plugin = self.registry.by_plugin()
         rows = []
         for name, info in self.plugins.items():
-            errors = [f"{e.where}: {e.error}" for e in self.errors if e.plugin == name]
+            errors = [e for e in self.errors if e.plugin == name]
             rows.append({
                 "name": name,
                 "version": info.version,
                 "source": info.source,
                 "registered": {k: sorted(v) for k, v in by_plugin.get(name, {}).items()},
-                "errors": errors,
+                "errors": [e.detail for e in errors],
+                "disabled": any(e.disabled for e in errors),
             })
         return rows
 

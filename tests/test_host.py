@@ -91,6 +91,39 @@ SAME_NAME = '''
         registry.add("noisy", Clash)
 '''
 
+# registers an attack, then a trainer, then clashes on "noisy"; the rest must never happen
+CLASH_AFTER_OTHER_THINGS = '''
+    import advplug
+    from advplug.trainers import Trainer
+
+    calls = []
+
+
+    class Extra(Trainer):
+        """A trainer registered before the clash."""
+        name = "clash-extra"
+
+
+    @advplug.hookimpl
+    def advplug_register_attacks(registry):
+        calls.append("attacks")
+        registry.add("clash-attack", lambda model, threat: None, aliases=("ca",))
+
+
+    @advplug.hookimpl
+    def advplug_register_trainers(registry):
+        calls.append("trainers")
+        registry.add("clash-extra", Extra)
+        registry.add("noisy", Extra, aliases=("clash-noisy",))
+        registry.add("after-clash", Extra)
+
+
+    @advplug.hookimpl
+    def advplug_register_models(registry):
+        calls.append("models")
+        registry.add("clash-model", lambda: None)
+'''
+
 
 # -- built-ins ---------------------------------------------------------------------
 
@@ -177,32 +210,116 @@ def test_plugin_whose_registration_hook_raises_is_isolated(plugin_module, capsys
     assert "registration went wrong in hook" in capsys.readouterr().err
 
 
+@pytest.fixture
+def clashing_host(plugin_module):
+    """noisy-plugin registers trainer "noisy"; clash-plugin, loaded after it, registers an
+    attack and a trainer, then "noisy" again. Returns (host, clash-plugin's module)."""
+    first = plugin_module("noisy-plugin", GOOD_PLUGIN)
+    second = plugin_module("clash-plugin", CLASH_AFTER_OTHER_THINGS)
+    host = Host(entry_points=[first, second])
+    return host, sys.modules[second.value]
+
+
 def test_two_plugins_registering_one_name_is_an_error_naming_both(plugin_module):
     first = plugin_module("noisy-plugin", GOOD_PLUGIN)
     second = plugin_module("clash-plugin", SAME_NAME)
     host = Host(entry_points=[first, second])
-    with pytest.raises(AdvplugError) as info:
-        host.registry
-    msg = str(info.value)
-    assert "'noisy-plugin'" in msg and "'clash-plugin'" in msg
-    assert "'noisy'" in msg and "trainer" in msg
+    assert host.registry.entry("trainers", "noisy").plugin == "noisy-plugin"  # no exception
+    [err] = host.errors
+    assert err.plugin == "clash-plugin" and err.disabled  # the later plugin is the culprit
+    assert err.where == "advplug_register_trainers"
+    assert "'noisy-plugin'" in err.error and "'clash-plugin'" in err.error
+    assert "'noisy'" in err.error and "trainer" in err.error
+    assert str(err).startswith("plugin 'clash-plugin' was disabled: ")
 
 
 def test_plugin_reusing_a_builtin_name_is_an_error_naming_advplug(plugin_module):
-    source = SAME_NAME.replace('"noisy"', '"pgd-at"')
+    # even a plugin that asks to run first cannot take a name from the built-ins
+    source = SAME_NAME.replace('"noisy"', '"pgd-at"').replace(
+        "@advplug.hookimpl", "@advplug.hookimpl(tryfirst=True)")
     host = Host(entry_points=[plugin_module("shadow-plugin", source)])
-    with pytest.raises(AdvplugError) as info:
-        host.registry
-    assert "'advplug'" in str(info.value) and "'shadow-plugin'" in str(info.value)
-    assert "'pgd-at'" in str(info.value)
+    assert host.registry.entry("trainers", "pgd-at").plugin == "advplug"
+    assert BUILTIN_TRAINERS <= set(host.registry.names("trainers"))
+    [err] = host.errors
+    assert err.plugin == "shadow-plugin" and err.disabled
+    assert "'advplug'" in err.error and "'shadow-plugin'" in err.error and "'pgd-at'" in err.error
 
 
 def test_alias_clash_is_detected():
     reg = Registry()
     reg.add("trainers", "a", object(), "p1", aliases=("short",))
+    reg.add("attacks", "p2-attack", object(), "p2", aliases=("p2a",))
     with pytest.raises(AdvplugError, match="'p1'.*'p2'"):
         reg.add("trainers", "short", object(), "p2")
     assert reg.get("trainers", "short") is reg.get("trainers", "a")
+    # p2 is disabled: what it registered before is gone, and it cannot add more
+    assert reg.is_disabled("p2") and not reg.is_disabled("p1")
+    assert reg.names("attacks") == [] and "p2a" not in reg.aliases["attacks"]
+    with pytest.raises(AdvplugError, match="plugin 'p2' was disabled"):
+        reg.add("trainers", "b", object(), "p2")
+    assert reg.names("trainers") == ["a"]
+    with pytest.raises(AdvplugError, match="attack 'p2a' is not available: plugin 'p2' was disabled"):
+        reg.get("attacks", "p2a")
+
+
+def test_a_clash_disables_only_the_later_plugin_and_all_it_registered(clashing_host, capsys):
+    host, clash_module = clashing_host
+    reg = host.registry
+    # the first plugin's trainer works
+    entry = reg.entry("trainers", "noisy")
+    assert entry.plugin == "noisy-plugin" and entry.obj.__name__ == "NoisyTrainer"
+    # the later plugin registered nothing that stays: before the clash, in another kind,
+    # or after it (its later hooks are not even called)
+    assert "clash-extra" not in reg.names("trainers") and "after-clash" not in reg.names("trainers")
+    assert "clash-attack" not in reg.names("attacks") and "ca" not in reg.aliases["attacks"]
+    assert "clash-model" not in reg.names("models")
+    assert clash_module.calls == ["attacks", "trainers"]
+    assert "clash-plugin" not in reg.by_plugin()
+    # the built-ins are intact, and the disabled plugin is recorded once, without a warning
+    assert BUILTIN_TRAINERS <= set(reg.names("trainers")) and BUILTIN_MODELS <= set(reg.names("models"))
+    assert [(e.plugin, e.where, e.disabled) for e in host.errors] == [
+        ("clash-plugin", "advplug_register_trainers", True)]
+    assert capsys.readouterr().err == ""
+    rows = {r["name"]: r for r in host.describe()}
+    assert rows["clash-plugin"]["disabled"] and rows["clash-plugin"]["registered"] == {}
+    assert not rows["noisy-plugin"]["disabled"] and rows["noisy-plugin"]["errors"] == []
+    # rebuilding the registry disables it again without duplicating the error
+    host.register(_Recorder("late"), name="late")
+    assert "clash-extra" not in host.registry.names("trainers")
+    assert len(host.errors) == 1
+
+
+def test_asking_for_a_disabled_plugins_thing_says_it_was_disabled(clashing_host):
+    host, _ = clashing_host
+    reg = host.registry
+    [err] = host.errors
+    # what it registered before the clash, in any kind, and the alias it clashed with
+    for kind, name in (("trainers", "clash-extra"), ("attacks", "clash-attack"), ("attacks", "ca"),
+                       ("trainers", "clash-noisy")):
+        noun = KINDS[kind][1]
+        with pytest.raises(AdvplugError) as info:
+            reg.get(kind, name)
+        assert str(info.value) == f"{noun} {name!r} is not available: plugin 'clash-plugin' was disabled: {err.error}"
+    # names it never got to register: unknown, but the disabled plugin may have provided them
+    for kind, name in (("trainers", "after-clash"), ("models", "clash-model")):
+        with pytest.raises(AdvplugError) as info:
+            reg.get(kind, name)
+        msg = str(info.value)
+        assert msg.startswith(f"unknown {KINDS[kind][1]} {name!r}")
+        assert msg.endswith(f"; plugin 'clash-plugin' was disabled ({err.error}), it may provide it")
+
+
+def test_unknown_name_names_a_plugin_that_failed_to_import(plugin_module):
+    bad = plugin_module("broken-plugin", IMPORT_FAILS)
+    good = plugin_module("noisy-plugin", GOOD_PLUGIN)
+    reg = Host(entry_points=[bad, good]).registry
+    with pytest.raises(AdvplugError) as info:
+        reg.get("trainers", "cuda-trainer")
+    msg = str(info.value)
+    assert msg.startswith("unknown trainer 'cuda-trainer'") and "noisy" in msg and "pgd-at" in msg
+    assert "; plugin 'broken-plugin' failed to load (RuntimeError: plugin exploded at import" in msg
+    assert msg.endswith("), it may provide it")
+    assert "noisy-plugin" not in msg  # only failed plugins are named
 
 
 # -- lifecycle hooks ----------------------------------------------------------------
@@ -312,6 +429,44 @@ def test_plugins_table_shows_a_broken_plugin_and_exits_0(plugin_module, capsys):
     assert cli.main(["plugins", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["broken-plugin"]["errors"] and rows["noisy-plugin"]["registered"] == {"trainers": ["noisy"]}
+
+
+def test_plugins_command_lists_a_disabled_plugin_and_exits_0(clashing_host, capsys):
+    host, _ = clashing_host
+    reset_host(host)
+    assert cli.main(["plugins"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert any(line.startswith("clash-plugin") for line in lines)
+    [error_line] = [line for line in lines if "ERROR" in line]
+    assert "disabled" in error_line and "'clash-plugin'" in error_line
+    assert "'noisy-plugin'" in error_line and "'noisy'" in error_line
+    assert "trainers: noisy" in captured.out and "pgd-at" in captured.out
+    assert "clash-extra" not in captured.out.replace(error_line, "")
+    assert captured.err == ""  # listed, not warned about
+
+    assert cli.main(["plugins", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["clash-plugin"]["disabled"] is True and rows["clash-plugin"]["registered"] == {}
+    [error] = rows["clash-plugin"]["errors"]
+    assert error.startswith("disabled in advplug_register_trainers: ") and "'noisy-plugin'" in error
+    assert rows["noisy-plugin"] == {**rows["noisy-plugin"], "registered": {"trainers": ["noisy"]},
+                                    "errors": [], "disabled": False}
+    assert rows["advplug"]["disabled"] is False and rows["advplug"]["errors"] == []
+
+
+def test_other_commands_work_and_warn_once_about_a_disabled_plugin(clashing_host, tmp_path, data_root, capsys):
+    host, _ = clashing_host
+    reset_host(host)
+    flags = ["--dataset", "mnist", "--model", "mnist-cnn", "--epochs", "1", "--train-subset", "64",
+             "--test-subset", "32", "--monitor-size", "0", "--eval-steps", "0", "--no-progress",
+             "--no-plot", "--out", str(tmp_path / "run"), "--data-root", str(data_root), "--device", "cpu"]
+    assert cli.main(["train", "--trainer", "noisy", *flags]) == 0  # the first plugin's trainer
+    assert (tmp_path / "run" / "model.pt").is_file()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "clash-plugin" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("advplug: warning: plugin 'clash-plugin' was disabled: trainer 'noisy'")
+    assert "'noisy-plugin'" in warnings[0]
 
 
 # -- registry errors ----------------------------------------------------------------
