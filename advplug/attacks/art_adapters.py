@@ -55,7 +55,8 @@ import numpy as np
 import torch
 
 from ..errors import AdvplugError
-from .base import attack_factory, checked_params, eval_frozen
+from ..params import integer, number
+from .base import attack_factory, eval_frozen
 
 #: model -> (classifier, input_shape, nb_classes)
 _CLASSIFIERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -149,19 +150,17 @@ def _runner(name, model, p, build):
     return attack
 
 
-def _int(p, *keys):
-    for key in keys:
-        p[key] = int(p[key])
-    return p
+BATCH = integer(128, low=1, help="samples per ART generate() batch")
+SMALL_BATCH = integer(64, low=1, help="samples per ART generate() batch")
+SEED = integer(0, low=0, help="seeds numpy's global generator for each call")
+POSITIVE = dict(low=0, low_open=True)
 
 
 # -- white box ---------------------------------------------------------------------------
 
-@attack_factory("art", description="ART FastGradientMethod (FGSM; L2 FGM for the L2 threat)")
-def fgsm(model, threat, **params):
-    p = _int(checked_params("art:fgsm", params, {"num_random_init": 0, "batch_size": 128, "seed": 0}),
-             "num_random_init", "batch_size")
-
+@attack_factory("art", description="ART FastGradientMethod (FGSM; L2 FGM for the L2 threat)", name="art:fgsm",
+                params={"num_random_init": integer(0, low=0), "batch_size": BATCH, "seed": SEED})
+def fgsm(model, threat, **p):
     def build(classifier, p):
         from art.attacks.evasion import FastGradientMethod
 
@@ -172,16 +171,14 @@ def fgsm(model, threat, **params):
 
 
 @attack_factory("art", description="ART ProjectedGradientDescent from a random start "
-                                   "(steps=20, eps_step=2.5·ε/steps)")
-def pgd(model, threat, **params):
-    p = checked_params("art:pgd", params, {"steps": 20, "eps_step": None, "num_random_init": 1, "decay": None,
-                                           "batch_size": 128, "seed": 0})
-    steps = int(p.pop("steps"))
-    if steps < 1:
-        raise AdvplugError(f"attack 'art:pgd': steps must be >= 1, got {steps}")
+                                   "(steps=20, eps_step=2.5·ε/steps)", name="art:pgd",
+                params={"steps": integer(20, low=1), "eps_step": number(None, **POSITIVE),
+                        "num_random_init": integer(1, low=0), "decay": number(None, low=0),
+                        "batch_size": BATCH, "seed": SEED})
+def pgd(model, threat, **p):
+    steps = p.pop("steps")
     eps_step = p.pop("eps_step")
-    eps_step = 2.5 * threat.eps / steps if eps_step is None else float(eps_step)
-    _int(p, "num_random_init", "batch_size")
+    eps_step = 2.5 * threat.eps / steps if eps_step is None else eps_step
 
     def build(classifier, p):
         from art.attacks.evasion import ProjectedGradientDescent
@@ -192,14 +189,12 @@ def pgd(model, threat, **params):
     return _runner("art:pgd", model, p, build)
 
 
-@attack_factory("art", norms=("L2", "Linf"), minimal=True,
-                description="ART Carlini-Wagner L2 (minimal perturbation; projected onto the threat ball)")
-def cw_l2(model, threat, **params):
-    p = checked_params("art:cw-l2", params, {"confidence": 0.0, "max_iter": 30, "learning_rate": 0.01,
-                                             "binary_search_steps": 10, "initial_const": 0.01, "batch_size": 128,
-                                             "seed": 0})
-    _int(p, "max_iter", "binary_search_steps", "batch_size")
-
+@attack_factory("art", norms=("L2", "Linf"), minimal=True, name="art:cw-l2",
+                description="ART Carlini-Wagner L2 (minimal perturbation; projected onto the threat ball)",
+                params={"confidence": number(0.0, low=0), "max_iter": integer(30, low=1),
+                        "learning_rate": number(0.01, **POSITIVE), "binary_search_steps": integer(10, low=1),
+                        "initial_const": number(0.01, **POSITIVE), "batch_size": BATCH, "seed": SEED})
+def cw_l2(model, threat, **p):
     def build(classifier, p):
         from art.attacks.evasion import CarliniL2Method
 
@@ -208,15 +203,15 @@ def cw_l2(model, threat, **params):
     return _runner("art:cw-l2", model, p, build)
 
 
-@attack_factory("art", norms=("Linf",), minimal=True,
+@attack_factory("art", norms=("Linf",), minimal=True, name="art:cw-linf",
                 description="ART Carlini-Wagner L∞ (ART 1.20: minimal perturbation, no ε, one sample at a time; "
-                            "projected onto the threat ball)")
-def cw_linf(model, threat, **params):
-    p = checked_params("art:cw-linf", params, {"confidence": 0.0, "max_iter": 10, "learning_rate": 0.01,
-                                               "decrease_factor": 0.9, "initial_const": 1e-5, "largest_const": 20.0,
-                                               "const_factor": 2.0, "batch_size": 128, "seed": 0})
-    _int(p, "max_iter", "batch_size")
-
+                            "projected onto the threat ball)",
+                params={"confidence": number(0.0, low=0), "max_iter": integer(10, low=1),
+                        "learning_rate": number(0.01, **POSITIVE), "decrease_factor": number(0.9, 0, 1, low_open=True,
+                                                                                             high_open=True),
+                        "initial_const": number(1e-5, **POSITIVE), "largest_const": number(20.0, **POSITIVE),
+                        "const_factor": number(2.0, low=1, low_open=True), "batch_size": BATCH, "seed": SEED})
+def cw_linf(model, threat, **p):
     def build(classifier, p):
         from art.attacks.evasion import CarliniLInfMethod
 
@@ -225,13 +220,11 @@ def cw_linf(model, threat, **params):
     return _runner("art:cw-linf", model, p, build)
 
 
-@attack_factory("art", norms=("L2", "Linf"), minimal=True,
-                description="ART DeepFool (minimal L2 perturbation; projected onto the threat ball)")
-def deepfool(model, threat, **params):
-    p = checked_params("art:deepfool", params, {"max_iter": 100, "epsilon": 1e-6, "nb_grads": 10,
-                                                "batch_size": 128, "seed": 0})
-    _int(p, "max_iter", "nb_grads", "batch_size")
-
+@attack_factory("art", norms=("L2", "Linf"), minimal=True, name="art:deepfool",
+                description="ART DeepFool (minimal L2 perturbation; projected onto the threat ball)",
+                params={"max_iter": integer(100, low=1), "epsilon": number(1e-6, low=0),
+                        "nb_grads": integer(10, low=1), "batch_size": BATCH, "seed": SEED})
+def deepfool(model, threat, **p):
     def build(classifier, p):
         from art.attacks.evasion import DeepFool
 
@@ -242,14 +235,13 @@ def deepfool(model, threat, **params):
 
 # -- black box ---------------------------------------------------------------------------
 
-@attack_factory("art", norms=("L2", "Linf"), minimal=True, black_box=True,
+@attack_factory("art", norms=("L2", "Linf"), minimal=True, black_box=True, name="art:hopskipjump",
                 description="ART HopSkipJump (decision-based, minimal; small defaults: max_iter=10, "
-                            "max_eval=1000, init_eval=10)")
-def hopskipjump(model, threat, **params):
-    p = checked_params("art:hopskipjump", params, {"max_iter": 10, "max_eval": 1000, "init_eval": 10,
-                                                   "init_size": 100, "batch_size": 64, "seed": 0})
-    _int(p, "max_iter", "max_eval", "init_eval", "init_size", "batch_size")
-
+                            "max_eval=1000, init_eval=10)",
+                params={"max_iter": integer(10, low=1), "max_eval": integer(1000, low=1),
+                        "init_eval": integer(10, low=1), "init_size": integer(100, low=1),
+                        "batch_size": SMALL_BATCH, "seed": SEED})
+def hopskipjump(model, threat, **p):
     def build(classifier, p):
         from art.attacks.evasion import HopSkipJump
 
@@ -258,12 +250,11 @@ def hopskipjump(model, threat, **params):
     return _runner("art:hopskipjump", model, p, build)
 
 
-@attack_factory("art", black_box=True, description="ART SquareAttack (score-based, bounded by the threat)")
-def square(model, threat, **params):
-    p = checked_params("art:square", params, {"max_iter": 100, "p_init": 0.8, "nb_restarts": 1,
-                                              "batch_size": 128, "seed": 0})
-    _int(p, "max_iter", "nb_restarts", "batch_size")
-
+@attack_factory("art", black_box=True, description="ART SquareAttack (score-based, bounded by the threat)",
+                name="art:square",
+                params={"max_iter": integer(100, low=1), "p_init": number(0.8, 0, 1, low_open=True),
+                        "nb_restarts": integer(1, low=1), "batch_size": BATCH, "seed": SEED})
+def square(model, threat, **p):
     def build(classifier, p):
         from art.attacks.evasion import SquareAttack
 
@@ -272,14 +263,15 @@ def square(model, threat, **params):
     return _runner("art:square", model, p, build)
 
 
-@attack_factory("art", norms=("L2", "Linf"), minimal=True, black_box=True,
-                description="ART BoundaryAttack (decision-based, untargeted, minimal; max_iter=100)")
-def boundary(model, threat, **params):
-    p = checked_params("art:boundary", params, {"max_iter": 100, "delta": 0.01, "epsilon": 0.01,
-                                                "step_adapt": 0.667, "num_trial": 25, "sample_size": 20,
-                                                "init_size": 100, "min_epsilon": 0.0, "batch_size": 64, "seed": 0})
-    _int(p, "max_iter", "num_trial", "sample_size", "init_size", "batch_size")
-
+@attack_factory("art", norms=("L2", "Linf"), minimal=True, black_box=True, name="art:boundary",
+                description="ART BoundaryAttack (decision-based, untargeted, minimal; max_iter=100)",
+                params={"max_iter": integer(100, low=1), "delta": number(0.01, **POSITIVE),
+                        "epsilon": number(0.01, **POSITIVE), "step_adapt": number(0.667, 0, 1, low_open=True,
+                                                                                   high_open=True),
+                        "num_trial": integer(25, low=1), "sample_size": integer(20, low=1),
+                        "init_size": integer(100, low=1), "min_epsilon": number(0.0, low=0),
+                        "batch_size": SMALL_BATCH, "seed": SEED})
+def boundary(model, threat, **p):
     def build(classifier, p):
         from art.attacks.evasion import BoundaryAttack
 

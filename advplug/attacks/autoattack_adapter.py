@@ -46,7 +46,8 @@ import sys
 import torch
 
 from ..errors import AdvplugError
-from .base import attack_factory, checked_params, eval_frozen
+from ..params import choice, flag, integer, text
+from .base import attack_factory, eval_frozen
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
@@ -122,15 +123,14 @@ def isolated_rng_and_trace(device: torch.device):
         sys.settrace(trace)
 
 
-@attack_factory("pyautoattack", norms=("Linf", "L2"),
+@attack_factory("pyautoattack", norms=("Linf", "L2"), name="autoattack",
                 description="AutoAttack (pyautoattack): version=standard|plus|rand|custom, "
-                            "attacks=apgd-ce+apgd-t for custom")
-def autoattack(model, threat, **params):
-    p = checked_params("autoattack", params, {"version": "standard", "attacks": None, "seed": 0,
-                                              "batch_size": 256, "verbose": False})
-    version = str(p["version"]).strip().lower()
-    if version not in VERSIONS:
-        raise AdvplugError(f"autoattack: unknown version {p['version']!r}; use one of: {', '.join(VERSIONS)}")
+                            "attacks=apgd-ce+apgd-t for custom",
+                params={"version": choice("standard", VERSIONS), "attacks": text(None, help="custom only: a+b"),
+                        "seed": integer(0, low=0, optional=True, help="none: the clock"),
+                        "batch_size": integer(256, low=1), "verbose": flag(False)})
+def autoattack(model, threat, **p):
+    version = p["version"]
     attacks = parse_attacks(p["attacks"])
     if version == "custom" and attacks is None:
         raise AdvplugError("autoattack: version=custom needs attacks=NAME+NAME "
@@ -138,11 +138,7 @@ def autoattack(model, threat, **params):
     if version != "custom" and attacks is not None:
         raise AdvplugError(f"autoattack: attacks= is only used with version=custom (version {version!r} "
                            f"runs a fixed set)")
-    seed = None if p["seed"] is None else int(p["seed"])
-    batch_size = int(p["batch_size"])
-    if batch_size < 1:
-        raise AdvplugError(f"autoattack: batch_size must be >= 1, got {batch_size}")
-    verbose = bool(p["verbose"])
+    seed, batch_size, verbose = p["seed"], p["batch_size"], p["verbose"]
 
     device = _model_device(model)
     module = autoattack_module()

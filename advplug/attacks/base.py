@@ -15,6 +15,7 @@ kept for the report.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -50,13 +51,28 @@ class AttackInfo:
     minimal: bool = False  # minimal-perturbation attack: projected onto the ball, norm reported
     black_box: bool = False
     description: str = ""
+    params: dict | None = None  # name -> advplug.params.Param; None: the factory checks its own
 
 
-def attack_factory(library: str, norms=("Linf", "L2"), minimal=False, black_box=False, description=""):
-    """Decorator marking ``fn(model, threat, **params)`` as an attack factory."""
+def attack_factory(library, norms=("Linf", "L2"), minimal=False, black_box=False, description="",
+                   params: dict | None = None, name: str | None = None):
+    """Decorator marking ``fn(model, threat, **params)`` as an attack factory.
+
+    ``params`` is the attack's parameter schema (``{name: Param}``, see
+    :mod:`advplug.params`): every call of the factory is checked against it (unknown names,
+    types, ranges: one :class:`AdvplugError` naming the attack) and ``fn`` receives every
+    parameter, defaults filled in. ``name`` names the attack in those errors (default: the
+    function's name)."""
     def mark(fn):
-        fn.attack_info = AttackInfo(library, tuple(norms), minimal, black_box, description or (fn.__doc__ or "").strip())
-        return fn
+        what = f"attack {name or fn.__name__!r}"
+
+        @functools.wraps(fn)
+        def factory(model, threat, **given):
+            return fn(model, threat, **(check_params(what, given, params) if params is not None else given))
+
+        factory.attack_info = AttackInfo(library, tuple(norms), minimal, black_box,
+                                         description or (fn.__doc__ or "").strip(), params)
+        return factory
     return mark
 
 
@@ -64,9 +80,11 @@ def info_of(factory) -> AttackInfo:
     return getattr(factory, "attack_info", None) or AttackInfo(library="plugin")
 
 
-def checked_params(name: str, params: dict, defaults: dict) -> dict:
-    """Merge user params into an attack's defaults; unknown keys are one clear error."""
-    return check_params(f"attack {name!r}", params, defaults)
+def checked_params(name: str, params: dict, schema: dict) -> dict:
+    """Merge user params into an attack's schema or defaults; unknown keys, wrong types and
+    out-of-range values are one clear error (for factories that check their own; declaring
+    ``params=`` on :func:`attack_factory` does it for every call)."""
+    return check_params(f"attack {name!r}", params, schema)
 
 
 @dataclass

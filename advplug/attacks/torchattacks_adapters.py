@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import torchattacks
 
-from .base import attack_factory, checked_params
+from ..params import choice, flag, integer, number
+from .base import attack_factory
+
+STEPS = integer(10, low=1, help="iterations")
+ALPHA = number(None, low=0, low_open=True, help="step size in pixel space; none: the rule above")
+SEED = integer(0, low=0, help="seed of the attack's own generator")
+N_RESTARTS = integer(1, low=1, help="random restarts")
+N_CLASSES = integer(10, low=2, help="classes of the model's output")
 
 
 def _wrap(attack):
@@ -20,85 +27,86 @@ def _wrap(attack):
     return lambda x, y: attack(x, y)
 
 
-def _steps_alpha(p, eps, ratio):
-    steps = int(p["steps"])
-    alpha = p["alpha"] if p["alpha"] is not None else ratio * eps / max(steps, 1)
-    return steps, alpha
+def _alpha(p, eps, ratio):
+    return p["alpha"] if p["alpha"] is not None else ratio * eps / p["steps"]
 
 
-@attack_factory("torchattacks", norms=("Linf",), description="FGSM (Goodfellow et al.)")
-def fgsm(model, threat, **params):
-    checked_params("fgsm", params, {})
+@attack_factory("torchattacks", norms=("Linf",), description="FGSM (Goodfellow et al.)", params={})
+def fgsm(model, threat):
     return _wrap(torchattacks.FGSM(model, eps=threat.eps))
 
 
-@attack_factory("torchattacks", description="PGD from a random start (Madry et al.); PGDL2 for L2")
-def pgd(model, threat, **params):
-    p = checked_params("pgd", params, {"steps": 10, "alpha": None, "random_start": True})
-    steps, alpha = _steps_alpha(p, threat.eps, 2.5)
+@attack_factory("torchattacks", description="PGD from a random start (Madry et al.); PGDL2 for L2",
+                params={"steps": STEPS, "alpha": ALPHA, "random_start": flag(True)})
+def pgd(model, threat, **p):
     cls = torchattacks.PGD if threat.norm == "Linf" else torchattacks.PGDL2
-    return _wrap(cls(model, eps=threat.eps, alpha=alpha, steps=steps, random_start=p["random_start"]))
+    return _wrap(cls(model, eps=threat.eps, alpha=_alpha(p, threat.eps, 2.5), steps=p["steps"],
+                     random_start=p["random_start"]))
 
 
 @attack_factory("torchattacks", norms=("L2", "Linf"), minimal=True,
-                description="Carlini-Wagner L2 (minimal perturbation; projected onto the threat ball)")
-def cw(model, threat, **params):
-    p = checked_params("cw", params, {"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01})
-    return _wrap(torchattacks.CW(model, c=p["c"], kappa=p["kappa"], steps=int(p["steps"]), lr=p["lr"]))
+                description="Carlini-Wagner L2 (minimal perturbation; projected onto the threat ball)",
+                params={"c": number(1.0, low=0, low_open=True), "kappa": number(0.0, low=0),
+                        "steps": integer(50, low=1), "lr": number(0.01, low=0, low_open=True)})
+def cw(model, threat, **p):
+    return _wrap(torchattacks.CW(model, c=p["c"], kappa=p["kappa"], steps=p["steps"], lr=p["lr"]))
 
 
 @attack_factory("torchattacks", norms=("L2", "Linf"), minimal=True,
-                description="DeepFool (minimal perturbation; projected onto the threat ball)")
-def deepfool(model, threat, **params):
-    p = checked_params("deepfool", params, {"steps": 50, "overshoot": 0.02})
-    attack = torchattacks.DeepFool(model, steps=int(p["steps"]), overshoot=p["overshoot"])
-    return _wrap(attack)
+                description="DeepFool (minimal perturbation; projected onto the threat ball)",
+                params={"steps": integer(50, low=1), "overshoot": number(0.02, low=0)})
+def deepfool(model, threat, **p):
+    return _wrap(torchattacks.DeepFool(model, steps=p["steps"], overshoot=p["overshoot"]))
 
 
-def _autoattack_family(cls, name, extra):
-    def factory(model, threat, **params):
-        p = checked_params(name, params, {"steps": 10, "n_restarts": 1, "seed": 0, **extra})
-        return _wrap(cls(model, norm=threat.norm, eps=threat.eps, steps=int(p.pop("steps")),
-                         n_restarts=int(p.pop("n_restarts")), seed=int(p.pop("seed")), **p))
+def _autoattack_family(cls, name, description, extra, minimal=False):
+    @attack_factory("torchattacks", minimal=minimal, description=description, name=name,
+                    params={"steps": STEPS, "n_restarts": N_RESTARTS, "seed": SEED, **extra})
+    def factory(model, threat, **p):
+        return _wrap(cls(model, norm=threat.norm, eps=threat.eps, **p))
     return factory
 
 
-apgd = attack_factory("torchattacks", description="APGD (Croce & Hein), CE or DLR loss")(
-    _autoattack_family(torchattacks.APGD, "apgd", {"loss": "ce"}))
-apgdt = attack_factory("torchattacks", description="targeted APGD-DLR")(
-    _autoattack_family(torchattacks.APGDT, "apgdt", {"n_classes": 10}))
-fab = attack_factory("torchattacks", minimal=True, description="FAB (minimal perturbation)")(
-    _autoattack_family(torchattacks.FAB, "fab", {"n_classes": 10, "multi_targeted": False}))
+apgd = _autoattack_family(torchattacks.APGD, "apgd", "APGD (Croce & Hein), CE or DLR loss",
+                          {"loss": choice("ce", ("ce", "dlr"))})
+apgdt = _autoattack_family(torchattacks.APGDT, "apgdt", "targeted APGD-DLR", {"n_classes": N_CLASSES})
+fab = _autoattack_family(torchattacks.FAB, "fab", "FAB (minimal perturbation)",
+                         {"n_classes": N_CLASSES, "multi_targeted": flag(False)}, minimal=True)
 
 
-@attack_factory("torchattacks", black_box=True, description="Square attack (score-based black box)")
-def square(model, threat, **params):
-    p = checked_params("square", params, {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "seed": 0})
-    return _wrap(torchattacks.Square(model, norm=threat.norm, eps=threat.eps, n_queries=int(p["n_queries"]),
-                                     n_restarts=int(p["n_restarts"]), p_init=p["p_init"], seed=int(p["seed"])))
+@attack_factory("torchattacks", black_box=True, description="Square attack (score-based black box)",
+                params={"n_queries": integer(5000, low=1), "n_restarts": N_RESTARTS,
+                        "p_init": number(0.8, 0, 1, low_open=True), "seed": SEED})
+def square(model, threat, **p):
+    return _wrap(torchattacks.Square(model, norm=threat.norm, eps=threat.eps, **p))
 
 
-def _momentum_family(cls, name, extra, ratio=1.0):
-    def factory(model, threat, **params):
-        p = checked_params(name, params, {"steps": 10, "alpha": None, **extra})
-        steps, alpha = _steps_alpha(p, threat.eps, ratio)
+def _momentum_family(cls, name, description, extra, ratio=1.0):
+    @attack_factory("torchattacks", norms=("Linf",), description=description, name=name,
+                    params={"steps": STEPS, "alpha": ALPHA, **extra})
+    def factory(model, threat, **p):
+        alpha = _alpha(p, threat.eps, ratio)
         rest = {k: v for k, v in p.items() if k not in ("steps", "alpha")}
-        return _wrap(cls(model, eps=threat.eps, alpha=alpha, steps=steps, **rest))
+        return _wrap(cls(model, eps=threat.eps, alpha=alpha, steps=p["steps"], **rest))
     return factory
 
 
-mifgsm = attack_factory("torchattacks", norms=("Linf",), description="momentum iterative FGSM")(
-    _momentum_family(torchattacks.MIFGSM, "mifgsm", {"decay": 1.0}))
-difgsm = attack_factory("torchattacks", norms=("Linf",), description="diverse-input iterative FGSM")(
-    _momentum_family(torchattacks.DIFGSM, "difgsm", {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5}))
-tifgsm = attack_factory("torchattacks", norms=("Linf",), description="translation-invariant FGSM (3-channel images)")(
-    _momentum_family(torchattacks.TIFGSM, "tifgsm", {"decay": 0.0, "resize_rate": 0.9, "diversity_prob": 0.5}))
-eotpgd = attack_factory("torchattacks", norms=("Linf",), description="PGD with expectation over transformation")(
-    _momentum_family(torchattacks.EOTPGD, "eotpgd", {"eot_iter": 2, "random_start": True}, ratio=2.5))
+DECAY = number(0.0, low=0, help="momentum decay")
+DIVERSITY = {"resize_rate": number(0.9, low=0, low_open=True), "diversity_prob": number(0.5, 0, 1)}
+mifgsm = _momentum_family(torchattacks.MIFGSM, "mifgsm", "momentum iterative FGSM",
+                          {"decay": number(1.0, low=0)})
+difgsm = _momentum_family(torchattacks.DIFGSM, "difgsm", "diverse-input iterative FGSM",
+                          {"decay": DECAY, **DIVERSITY})
+tifgsm = _momentum_family(torchattacks.TIFGSM, "tifgsm", "translation-invariant FGSM (3-channel images)",
+                          {"decay": DECAY, **DIVERSITY})
+eotpgd = _momentum_family(torchattacks.EOTPGD, "eotpgd", "PGD with expectation over transformation",
+                          {"eot_iter": integer(2, low=1), "random_start": flag(True)}, ratio=2.5)
 
-@attack_factory("torchattacks", norms=("L2",), description="PGD-L2 (torchattacks PGDL2)")
-def pgdl2(model, threat, **params):
-    return pgd(model, threat, **params)
+
+@attack_factory("torchattacks", norms=("L2",), description="PGD-L2 (torchattacks PGDL2)",
+                params=pgd.attack_info.params)
+def pgdl2(model, threat, **p):
+    return pgd(model, threat, **p)
 
 
 ATTACKS = {"fgsm": fgsm, "pgd": pgd, "cw": cw, "deepfool": deepfool, "apgd": apgd, "apgdt": apgdt,

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from ..errors import AdvplugError
+from ..params import integer, number
 from .base import StepOutput, Trainer, perturbation
 
 
@@ -26,12 +26,8 @@ class FGSMCheckpointTrainer(Trainer):
     """
 
     name = "fgsm-ckpt"
-    defaults = {"checkpoints": 3, "alpha_ratio": 1.25}
-
-    def __init__(self, model, threat, **params):
-        super().__init__(model, threat, **params)
-        if int(self.params["checkpoints"]) < 1:
-            raise AdvplugError(f"fgsm-ckpt: checkpoints must be >= 1, got {self.params['checkpoints']}")
+    defaults = {"checkpoints": integer(3, low=1, help="c: points checked along the step"),
+                "alpha_ratio": number(1.25, low=0, low_open=True, help="step size as a multiple of ε")}
 
     def step(self, x, y):
         x_adv, _ = self.adversarial_examples(x, y)

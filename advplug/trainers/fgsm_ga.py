@@ -1,6 +1,7 @@
 import torch
 import torch.nn.functional as F
 
+from ..params import flag, number
 from .base import StepOutput, Trainer, input_gradient
 
 
@@ -29,7 +30,9 @@ class GradAlignTrainer(Trainer):
     """
 
     name = "fgsm-ga"
-    defaults = {"lam": 0.2, "random_start": False, "alpha_ratio": 1.25}
+    defaults = {"lam": number(0.2, low=0, help="λ: weight of the gradient-alignment term"),
+                "random_start": flag(False), "alpha_ratio": number(1.25, low=0, low_open=True,
+                                                                  help="step size as a multiple of ε")}
 
     def step(self, x, y):
         threat = self.threat

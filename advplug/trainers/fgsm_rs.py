@@ -1,5 +1,6 @@
 import torch.nn.functional as F
 
+from ..params import number
 from .base import StepOutput, Trainer, perturbation
 
 
@@ -8,7 +9,7 @@ class FGSMRSTrainer(Trainer):
     from a uniform random start in the ε-ball (``alpha_ratio`` scales ε)."""
 
     name = "fgsm-rs"
-    defaults = {"alpha_ratio": 1.25}
+    defaults = {"alpha_ratio": number(1.25, low=0, low_open=True, help="step size as a multiple of ε")}
 
     def step(self, x, y):
         alpha = self.params["alpha_ratio"] * self.threat.eps

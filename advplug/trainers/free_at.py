@@ -2,6 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AdvplugError
+from ..params import integer, number
 from .base import StepOutput, Trainer
 
 
@@ -28,12 +29,11 @@ class FreeATTrainer(Trainer):
 
     name = "free-at"
     updates_model = True
-    defaults = {"replays": 8, "step_ratio": 1.0}
+    defaults = {"replays": integer(8, low=1, help="m: updates per minibatch"),
+                "step_ratio": number(1.0, low=0, low_open=True, help="step size as a multiple of ε")}
 
     def __init__(self, model, threat, **params):
         super().__init__(model, threat, **params)
-        if int(self.params["replays"]) < 1:
-            raise AdvplugError(f"free-at: replays must be >= 1, got {self.params['replays']}")
         self.delta = None  # the persistent perturbation, (largest batch, *input shape)
 
     def _batch_delta(self, x):

@@ -1,5 +1,6 @@
 import torch.nn.functional as F
 
+from ..params import integer, number, flag
 from .base import StepOutput, Trainer, perturbation
 
 
@@ -11,7 +12,9 @@ class PGDTrainer(Trainer):
     """
 
     name = "pgd-at"
-    defaults = {"steps": 10, "alpha": None, "random_start": True}
+    defaults = {"steps": integer(10, low=1, help="PGD steps K"),
+                "alpha": number(None, low=0, low_open=True, help="step size; none: 2.5·ε/K"),
+                "random_start": flag(True, help="start from a uniform point in the ε-ball")}
 
     def step(self, x, y):
         steps = int(self.params["steps"])

@@ -20,32 +20,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from advplug.attacks.base import attack_factory, checked_params
+from advplug.attacks.base import attack_factory
 from advplug.errors import AdvplugError
+from advplug.params import check_params, choice, integer, number, param_defaults
 
-DEFAULTS = {
-    "sigma": 0.001,  # sampling scale σ, in pixel units
-    "samples_per_draw": 50,  # n: queries per gradient estimate (n/2 antithetic pairs)
-    "max_queries": 10000,  # query budget per sample, the clean prediction included
-    "alpha": None,  # step size; None: ε/10
-    "loss": "ce",  # "ce" (cross-entropy) or "margin" (CW: max_{j≠y} z_j - z_y)
-    "seed": 0,  # seeds a local torch.Generator at every call
+PARAMS = {
+    "sigma": number(0.001, low=0, low_open=True, help="sampling scale σ, in pixel units"),
+    "samples_per_draw": integer(50, low=2, help="n: queries per gradient estimate (n/2 antithetic pairs); even"),
+    "max_queries": integer(10000, low=1, help="query budget per sample, the clean prediction included"),
+    "alpha": number(None, low=0, low_open=True, help="step size; none: ε/10"),
+    "loss": choice("ce", ("ce", "margin"), help="ce (cross-entropy) or margin (CW: max_{j≠y} z_j - z_y)"),
+    "seed": integer(0, low=0, help="seeds a local torch.Generator at every call"),
 }
-LOSSES = ("ce", "margin")
+DEFAULTS = param_defaults(PARAMS)
 #: at most this many input elements go through the model in one forward (memory bound)
 CHUNK_ELEMENTS = 1 << 24
-
-
-def _int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < low:
-        raise AdvplugError(f"attack 'nes': {name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise AdvplugError(f"attack 'nes': {name} must be a number > 0, got {value!r}")
-    return float(value)
 
 
 class NESAttack:
@@ -56,22 +45,16 @@ class NESAttack:
     Over all calls: ``total_queries``, ``total_samples`` and ``mean_queries``.
     """
 
-    def __init__(self, model, threat, sigma=DEFAULTS["sigma"], samples_per_draw=DEFAULTS["samples_per_draw"],
-                 max_queries=DEFAULTS["max_queries"], alpha=DEFAULTS["alpha"], loss=DEFAULTS["loss"],
-                 seed=DEFAULTS["seed"]):
+    def __init__(self, model, threat, **params):
+        p = check_params("attack 'nes'", params, PARAMS)
+        if p["samples_per_draw"] % 2:
+            raise AdvplugError(f"attack 'nes': samples_per_draw must be even (antithetic pairs), "
+                               f"got {p['samples_per_draw']}")
         self.model = model
         self.threat = threat
-        self.sigma = _positive("sigma", sigma)
-        self.samples_per_draw = _int("samples_per_draw", samples_per_draw, 2)
-        if self.samples_per_draw % 2:
-            raise AdvplugError(f"attack 'nes': samples_per_draw must be even (antithetic pairs), "
-                               f"got {self.samples_per_draw}")
-        self.max_queries = _int("max_queries", max_queries, 1)
-        self.alpha = threat.eps / 10 if alpha is None else _positive("alpha", alpha)
-        self.loss = str(loss).lower()
-        if self.loss not in LOSSES:
-            raise AdvplugError(f"attack 'nes': unknown loss {loss!r}; use one of: {', '.join(LOSSES)}")
-        self.seed = _int("seed", seed, 0)
+        self.sigma, self.samples_per_draw, self.max_queries = p["sigma"], p["samples_per_draw"], p["max_queries"]
+        self.alpha = threat.eps / 10 if p["alpha"] is None else p["alpha"]
+        self.loss, self.seed = p["loss"], p["seed"]
         self.last_queries = None
         self.last_query_counts = None
         self.last_fooled = None
@@ -163,10 +146,9 @@ class NESAttack:
         return torch.cat([self.model(chunk) for chunk in x.split(rows)])
 
 
-@attack_factory("advplug-nes", norms=("Linf", "L2"), black_box=True,
+@attack_factory("advplug-nes", norms=("Linf", "L2"), black_box=True, params=PARAMS,
                 description="NES gradient-estimation black box (Ilyas et al. 2018): antithetic Gaussian "
                             "sampling + PGD, per-sample query budget")
 def nes(model, threat, **params):
     """NES black-box attack; params: sigma, samples_per_draw, max_queries, alpha, loss, seed."""
-    p = checked_params("nes", params, DEFAULTS)
-    return NESAttack(model, threat, **p)
+    return NESAttack(model, threat, **params)
