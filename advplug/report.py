@@ -18,8 +18,9 @@ def table_rows(results: dict) -> tuple[list, list]:
     header = ["model", "clean", *attacks, "worst", "mean", "gap", "attack s"]
     rows = []
     for name, res in results.items():
-        by = {r["attack"]: r["robust_acc"] for r in res["attacks"]}
-        rows.append([name, _fmt(res["clean_acc"]), *[_fmt(by.get(a)) for a in attacks],
+        # '*': some of the attack's outputs were NaN/inf and fell back to the clean input (see the notes)
+        by = {r["attack"]: _fmt(r["robust_acc"]) + ("*" if r.get("nonfinite_samples") else "") for r in res["attacks"]}
+        rows.append([name, _fmt(res["clean_acc"]), *[by.get(a, "-") for a in attacks],
                      _fmt(res["worst_case_acc"]), _fmt(res["mean_robust_acc"]),
                      _fmt(res["best_minus_worst"]), _fmt(res["total_seconds"], 1)])
     return header, rows
@@ -41,14 +42,18 @@ def markdown_table(results: dict) -> str:
 
 
 def reused_note(meta: dict) -> str:
-    """The sentence saying which models' results an evaluation took over from earlier ones."""
-    by_time = {}
-    for model, when in (meta.get("reused") or {}).items():
-        by_time.setdefault(when, []).append(model)
-    if not by_time:
+    """The sentence saying which (model, attack) results an evaluation took over from
+    earlier ones, and when each was computed (``meta["reused"]``: model -> attack -> time)."""
+    parts = []
+    for model, attacks in (meta.get("reused") or {}).items():
+        by_time = {}
+        for attack, when in attacks.items():
+            by_time.setdefault(when, []).append(attack)
+        parts += [f"{model}: {', '.join(names)} (computed {when})" for when, names in by_time.items()]
+    if not parts:
         return ""
-    parts = [f"{', '.join(models)} (evaluated {when})" for when, models in by_time.items()]
-    return f"Results reused from earlier evaluations (same weights, attacks and test images): {'; '.join(parts)}."
+    return (f"Results reused from earlier evaluations (same weights, attack and parameters, threat, test images, "
+            f"seed and batch size): {'; '.join(parts)}.")
 
 
 def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
@@ -62,7 +67,7 @@ def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
              for r in res["attacks"] if r.get("note")]
     warnings = [f"- {name}: {c['warning']}" for name, res in results.items()
                 for c in res.get("sanity", []) if c.get("warning")]
-    md = [f"# Robustness evaluation", "",
+    md = ["# Robustness evaluation", "",
           f"{meta['dataset']}, {meta['threat']['norm']} ε = {meta['threat']['eps']:.6g} (pixel space), "
           f"{meta['samples']} test images (indices from seed {meta['seed']}; identical for every model). "
           f"Accuracies in %; worst = per-sample worst case over all attacks; gap = best − worst attack.", "",

@@ -2,10 +2,12 @@
 identical test subset, and write one comparison table (Markdown + JSON) and a plot.
 
 A study is a dict ``{label: config overrides}`` on top of a shared base config. Each variant
-trains into ``<out>/runs/<label>``; a variant whose ``model.pt`` exists with the same
-config is reused, so an interrupted study continues where it stopped (and an interrupted
-variant resumes from its checkpoint); each model's evaluation is reused while its weights, the
-attacks and the test images are unchanged, so a variant added later is the only one evaluated.
+trains into ``<out>/runs/<label>``; a variant whose run there was trained with the same
+settings is reused, so an interrupted study continues where it stopped (and an interrupted
+variant resumes from its checkpoint); a run there with other settings is refused, with the
+difference listed, unless ``--overwrite``. Each (model, attack) result is reused while the
+weights, the attack and the test images are unchanged, so a variant added later is the only
+one evaluated.
 Training time is the sum of the epochs' training time (the per-epoch monitor excluded), so
 methods compare on what they cost to train.
 """
@@ -87,63 +89,110 @@ def file_variants(path) -> tuple[dict, dict[str, dict]]:
     return data, variants
 
 
-#: config keys that do not change the trained weights: a finished run is reused when only
-#: these differ (the study evaluates every model itself, on its own test subset)
-EVALUATION_ONLY_KEYS = ("test_subset", "eval_steps", "eval_seed", "progress", "plot")
+#: config keys that do not change what is trained: a run is reused (or resumed) when every
+#: other key equals the requested one (the study evaluates every model itself)
+NOT_TRAINING_KEYS = ("test_subset", "eval_steps", "eval_seed", "progress", "plot", "out", "device", "data_root",
+                     "download", "keep_checkpoints")
 
 
-def _training_settings(config: dict) -> dict:
-    """A run's config.json without the evaluation-only keys; keys added to TrainConfig after
-    the run was trained count as their defaults (the run trained as if they had them)."""
+def training_settings(config: dict) -> dict:
+    """A run's resolved config without the keys that do not change what is trained; keys
+    added to TrainConfig after the run was trained count as their defaults."""
     from .config import TrainConfig
 
-    return {k: v for k, v in {**TrainConfig().to_dict(), **config}.items() if k not in EVALUATION_ONLY_KEYS}
+    return {k: v for k, v in {**TrainConfig().to_dict(), **config}.items() if k not in NOT_TRAINING_KEYS}
 
 
-def _finished(run_dir: Path, config) -> bool:
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (run_dir / "model.pt").is_file() and (run_dir / "final_eval.json").is_file() \
-        and _training_settings(saved) == _training_settings(config.to_dict())
+def settings_difference(saved: dict, wanted: dict) -> list[str]:
+    """'epochs 2 -> 3' for every training setting that differs."""
+    saved, wanted = training_settings(saved), training_settings(wanted)
+    return [f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in sorted(set(saved) | set(wanted))
+            if saved.get(key) != wanted.get(key)]
 
 
-def _train_variant(label: str, config, host=None) -> list[dict]:
+def _train_variant(label: str, config, host=None, overwrite: bool = False) -> list[dict]:
+    """Train one variant into ``config.out``, or reuse / resume the run there when it was
+    started with the same training settings. A run there with other settings is refused
+    with the difference listed (``overwrite``: it is retrained)."""
     from .engine import train
+    from .rundir import run_files
 
     run_dir = Path(config.out)
-    if _finished(run_dir, config):
+    saved = _saved_config(run_dir)
+    found = run_files(run_dir)
+    if found and saved is None and not overwrite:
+        raise AdvplugError(f"study variant {label}: {run_dir} holds a run ({', '.join(found[:2])}) without a readable "
+                           f"config.json, so how it was trained cannot be checked; use another --out, or "
+                           f"--overwrite to retrain it")
+    if found and settings_difference(saved or {}, config.to_dict()):
+        if not overwrite:
+            diff = "; ".join(settings_difference(saved, config.to_dict()))
+            raise AdvplugError(f"study variant {label}: {run_dir} holds a run trained with other settings ({diff}); "
+                               f"use another --out for the new settings, or --overwrite to retrain it")
+        print(f"[study] {label}: retraining {run_dir} (--overwrite; its settings differed)", flush=True)
+        train(config, host=host, overwrite=True)
+    elif found and (run_dir / "model.pt").is_file() and (run_dir / "final_eval.json").is_file():
         print(f"[study] {label}: reusing the finished run in {run_dir}", flush=True)
-    elif (run_dir / "checkpoints" / "last.pt").is_file():
+    elif (run_dir / "checkpoints" / "last.pt").is_file() and saved is not None:
         print(f"[study] {label}: resuming {run_dir}", flush=True)
         train(resume=run_dir, host=host)
     else:
         print(f"[study] {label}: training into {run_dir}", flush=True)
-        train(config, host=host)
+        train(config, host=host, overwrite=overwrite or bool(found))
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def _refuse_other_settings(configs: dict) -> None:
+    """One error listing every variant whose directory holds a run with other settings."""
+    from .rundir import run_files
+
+    conflicts = []
+    for label, cfg in configs.items():
+        saved = _saved_config(Path(cfg.out))
+        if run_files(cfg.out) and saved is not None and settings_difference(saved, cfg.to_dict()):
+            conflicts.append(f"{label} ({'; '.join(settings_difference(saved, cfg.to_dict()))})")
+    if conflicts:
+        out = Path(next(iter(configs.values())).out).parent.parent
+        raise AdvplugError(f"{out} holds runs trained with other settings: {', '.join(conflicts)}; use another "
+                           f"--out for the new settings, or --overwrite to retrain them")
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str, out, test_subset=None,
               eval_seed: int = 42, batch_size: int = 256, host=None, progress: bool = False,
-              clean_drop_warning: float | None = None) -> dict:
+              clean_drop_warning: float | None = None, overwrite: bool = False) -> dict:
     """Train every variant, evaluate all on the same test images, write ``study.{md,json,png}``.
 
     The first variant is the reference for time ratios and for ``clean_drop_warning``: a
-    warning for every model whose clean accuracy is more than that many points below it."""
+    warning for every model whose clean accuracy is more than that many points below it.
+    A variant's finished run is reused (an interrupted one resumed) only when it was
+    trained with the same settings; runs with other settings are refused, all listed,
+    before anything trains (``overwrite``: they are retrained)."""
+    from .evaluate import resolve_attacks
     from .host import get_host
+    from .rundir import check_output_dir
 
-    out = Path(out)
-    configs = {label: make_config({**base, **overrides, "out": str(out / "runs" / label)})
-               for label, overrides in variants.items()}  # every config checked before any training
+    out = check_output_dir(out)
     registry = (host or get_host()).registry
+    configs = {label: make_config({**base, **overrides, "out": str(out / "runs" / label)}, registry=registry)
+               for label, overrides in variants.items()}  # every config checked before any training
     for cfg in configs.values():
         registry.get("trainers", cfg.trainer)
         registry.get("models", cfg.model)
         if cfg.sampler:
             registry.get("samplers", cfg.sampler)
-    histories = {label: _train_variant(label, cfg, host) for label, cfg in configs.items()}
+        resolve_attacks(registry, attacks, cfg.threat)  # a bad attack fails now, not after training
+    if not overwrite:
+        _refuse_other_settings(configs)
+    histories = {label: _train_variant(label, cfg, host, overwrite) for label, cfg in configs.items()}
     any_cfg = next(iter(configs.values()))
     evaluation = _evaluate_variants(configs, out / "eval", attacks=attacks, test_subset=test_subset,
                                     eval_seed=eval_seed, batch_size=batch_size, progress=progress)
@@ -196,65 +245,18 @@ def _clean_drop_warnings(rows: list[dict], reference: str, points: float | None)
 
 
 def _evaluate_variants(configs: dict, out: Path, *, attacks, test_subset, eval_seed, batch_size, progress) -> dict:
-    """Evaluate the study's models on one test subset, reusing every model's result from a
-    previous evaluation of the same attacks and test images when its ``model.pt`` is the same
-    file (SHA-256, kept in eval.json; dates do not count); a variant added to a study is the
-    only one trained and evaluated."""
-    from .checkpoint import file_sha256
+    """Evaluate the study's models on one test subset. Each (model, attack) result is kept
+    in ``out/results/`` and reused while the model's weights, the attack and its parameters,
+    the threat, the test images, seed and batch size are unchanged, so a variant added to a
+    study is the only one evaluated, and a killed evaluation goes on where it stopped."""
     from .evaluate import run_evaluation
     from .modelio import load_model_and_spec
-    from .report import write_reports
 
-    path, cfg = out / "eval.json", next(iter(configs.values()))
-    digests = {label: file_sha256(Path(c.out) / "model.pt") for label, c in configs.items()}
-    saved, previous = _reusable_results(path, digests, attacks, test_subset, eval_seed, cfg)
-    if len(previous) == len(configs):
-        print(f"[study] reusing the evaluation in {path} (same models, attacks and test images)", flush=True)
-        return {"meta": {k: v for k, v in saved.items() if k != "models"}, "results": previous}
-    todo = [label for label in configs if label not in previous]
-    if previous:
-        print(f"[study] reusing the evaluation of {', '.join(previous)} in {path}; evaluating "
-              f"{', '.join(todo)} on the same test images", flush=True)
-    kwargs = dict(dataset=cfg.dataset, attacks=attacks, norm=cfg.norm, eps=cfg.eps, test_subset=test_subset,
-                  seed=eval_seed, data_root=cfg.data_root, verify_checksums=cfg.verify_checksums,
-                  batch_size=batch_size, progress=progress)
-
-    def evaluate(labels):  # models are loaded only when they are evaluated
-        return run_evaluation({label: load_model_and_spec(Path(configs[label].out) / "model.pt", "cpu")
-                               for label in labels}, **kwargs)
-
-    fresh = evaluate(todo)
-    if previous and fresh["meta"]["test_indices"] != saved.get("test_indices"):
-        print("[study] the test images differ from the previous evaluation's; evaluating "
-              f"{', '.join(previous)} again", flush=True)
-        fresh["results"].update(evaluate(previous)["results"])
-        previous = {}
-    meta = dict(fresh["meta"])
-    if previous:  # when each reused result was computed (it may itself have been reused before)
-        earlier = saved.get("reused") or {}
-        meta["reused"] = {label: earlier.get(label, saved.get("time")) for label in previous}
-    results = {label: {**fresh["results"][label], "model_sha256": digests[label]} if label in fresh["results"]
-               else previous[label] for label in configs}
-    json_path, md_path = write_reports(out, results, meta)
-    print(f"written: {json_path}, {md_path}")
-    return {"meta": meta, "results": results}
-
-
-def _reusable_results(path: Path, digests: dict, attacks: str, test_subset, eval_seed, cfg) -> tuple[dict, dict]:
-    """A previous evaluation of these attacks on these test images -> (its file, {label:
-    result} for every model evaluated there whose model.pt has the same SHA-256 now)."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}, {}
-    same = (saved.get("attacks") == attacks and saved.get("seed") == eval_seed and saved.get("dataset") == cfg.dataset
-            and saved.get("threat") == {"norm": cfg.norm, "eps": cfg.eps}
-            and (test_subset is None or saved.get("samples") == test_subset))
-    if not same:
-        return saved, {}
-    models = saved.get("models", {})
-    return saved, {label: models[label] for label, digest in digests.items()
-                   if models.get(label, {}).get("model_sha256") == digest}
+    cfg = next(iter(configs.values()))
+    models = {label: load_model_and_spec(Path(c.out) / "model.pt", "cpu") for label, c in configs.items()}
+    return run_evaluation(models, dataset=cfg.dataset, attacks=attacks, norm=cfg.norm, eps=cfg.eps,
+                          test_subset=test_subset, seed=eval_seed, data_root=cfg.data_root,
+                          verify_checksums=cfg.verify_checksums, batch_size=batch_size, progress=progress, out=out)
 
 
 def markdown(summary: dict) -> str:

@@ -54,22 +54,25 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     md = (out / "study.md").read_text()
     assert "| pgd-at_steps=2 |" in md and "epoch time vs standard" in md
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
-    # a second call reuses both finished runs and their evaluation (no retraining, no attacks)
-    stamps = {p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/model.pt"), out / "eval" / "eval.json"]}
+    # a second call reuses both finished runs and every (model, attack) result (no retraining, no attacks)
+    results = out / "eval" / "results"
+    stamps = {p: p.stat().st_mtime_ns for p in [*out.glob("runs/*/model.pt"), *results.glob("*.json")]}
+    assert len(list(results.glob("*.json"))) == 4  # 2 models x 2 attacks
     capsys.readouterr()
     assert cli.main(argv) == 0
     second = capsys.readouterr().out
-    assert "reusing the finished run" in second and "reusing the evaluation" in second
+    assert second.count("reusing the finished run") == 2 and second.count("reusing the result computed") == 4
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((out / "study.json").read_text())["rows"] == summary["rows"]
-    # other attacks: the models are evaluated again
+    # fewer attacks: the kept ones are reused, nothing runs
     assert cli.main([*argv[:5], "fgsm", *argv[6:]]) == 0
-    assert "reusing the evaluation" not in capsys.readouterr().out
-    # another test subset changes only the evaluation: the trained models are reused
+    assert capsys.readouterr().out.count("reusing the result computed") == 2
+    # another test subset changes only the evaluation: the trained models are reused, the attacks run again
     i = argv.index("--test-subset")
     assert cli.main([*argv[:i + 1], "80", *argv[i + 2:]]) == 0
     third = capsys.readouterr().out
     assert "reusing the finished run" in third and "training into" not in third
+    assert "reusing the result" not in third
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.pt")} == \
         {p: t for p, t in stamps.items() if p.name == "model.pt"}
     previous = json.loads((out / "eval" / "eval.json").read_text())
@@ -80,16 +83,20 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     assert cli.main(added) == 0
     fourth = capsys.readouterr().out
     assert fourth.count("training into") == 1 and "fgsm-rs: training into" in fourth
-    assert "reusing the evaluation of standard, pgd-at_steps=2" in fourth
+    assert fourth.count("reusing the result computed") == 4 and "fgsm-rs / fgsm: reusing" not in fourth
     merged = json.loads((out / "eval" / "eval.json").read_text())
     assert list(merged["models"]) == ["standard", "pgd-at_steps=2", "fgsm-rs"]
-    assert {m: merged["models"][m] for m in previous["models"]} == previous["models"]
-    assert merged["reused"] == {"standard": previous["time"], "pgd-at_steps=2": previous["time"]}
+    for model in previous["models"]:
+        assert [a["robust_acc"] for a in merged["models"][model]["attacks"]] == \
+            [a["robust_acc"] for a in previous["models"][model]["attacks"]]
+    when = previous["time"][:16]
+    assert set(merged["reused"]) == {"standard", "pgd-at_steps=2"}
+    assert all(t[:16] <= when for attacks in merged["reused"].values() for t in attacks.values())
     assert merged["test_indices"] == previous["test_indices"]
     assert [r["method"] for r in json.loads((out / "study.json").read_text())["rows"]] == list(merged["models"])
-    note = f"reused from earlier evaluations (same weights, attacks and test images): standard, pgd-at_steps=2 " \
-           f"(evaluated {previous['time']})."
+    note = "reused from earlier evaluations (same weights, attack and parameters, threat, test images"
     assert note in (out / "study.md").read_text() and note in (out / "eval" / "eval.md").read_text()
+    assert "standard: fgsm, pgd:steps=5 (computed" in (out / "eval" / "eval.md").read_text()
     # a model file's content decides, not its date: a touched file is reused, changed weights are evaluated again
     (out / "runs" / "standard" / "model.pt").touch()
     changed = out / "runs" / "fgsm-rs" / "model.pt"
@@ -99,10 +106,37 @@ def test_fast_at_study_trains_evaluates_on_one_subset_and_reuses_finished_runs(t
     torch.save(saved, changed)
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert cli.main(added) == 0
-    assert "reusing the evaluation of standard, pgd-at_steps=2 in" in capsys.readouterr().out
+    fifth = capsys.readouterr().out
+    assert "standard / fgsm: reusing" in fifth and "fgsm-rs / fgsm: reusing" not in fifth
     again = json.loads((out / "eval" / "eval.json").read_text())
-    assert again["models"]["fgsm-rs"]["model_sha256"] != merged["models"]["fgsm-rs"]["model_sha256"]
-    assert again["reused"] == merged["reused"]  # the first time each reused result was computed
+    assert again["models"]["fgsm-rs"]["model_identity"] != merged["models"]["fgsm-rs"]["model_identity"]
+    assert again["reused"]["standard"] == merged["reused"]["standard"]  # when each reused result was computed
+
+
+def test_study_rerun_with_other_training_settings_is_refused_listing_the_difference(tmp_path, data_root, capsys):
+    """A rerun with --epochs 2 (or --eps 0.2) on an existing --out once 'resumed' the finished
+    1-epoch runs and printed the new settings over the old table."""
+    out = tmp_path / "study"
+    argv = ["study", "fast-at", "--trainers", "standard,fgsm-rs", "--attacks", "fgsm", "--epochs", "1",
+            "--train-subset", "256", "--test-subset", "32", "--monitor-size", "0", "--eval-steps", "0",
+            "--data-root", str(data_root), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    models = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/model.pt")}
+    study = (out / "study.json").read_text()
+    capsys.readouterr()
+    for flag, value, diff in (("--epochs", "2", "epochs 1 -> 2"), ("--eps", "0.2", "eps 0.3 -> 0.2")):
+        i = argv.index("--epochs")
+        changed = [*argv[:i], flag, value, *argv[i + 2:]] if flag == "--epochs" else [*argv, flag, value]
+        assert cli.main(changed) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and diff in err[0] and "standard (" in err[0] and "fgsm-rs (" in err[0]
+        assert "--overwrite" in err[0] and "another --out" in err[0]
+        assert {p: p.stat().st_mtime_ns for p in models} == models and (out / "study.json").read_text() == study
+    # --overwrite retrains with the new settings, and the table says them
+    assert cli.main([*argv[:argv.index("--epochs") + 1], "2", *argv[argv.index("--epochs") + 2:], "--overwrite"]) == 0
+    assert json.loads((out / "runs" / "fgsm-rs" / "config.json").read_text())["epochs"] == 2
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["base_config"]["epochs"] == 2 and all(r["epochs"] == 2 for r in summary["rows"])
 
 
 def test_study_rejects_a_bad_trainer_before_training_anything(tmp_path, data_root, capsys):

@@ -10,7 +10,8 @@ advplug never trusts an attack's output: :class:`CheckedAttack` raises when x_ad
 [0, 1] or (for bounded attacks) the threat ball. Evaluation runs attacks inside
 :func:`eval_frozen` (eval mode, no parameter gradients, both restored afterwards). Minimal-perturbation outputs are
 projected onto the threat ball, and the median norm of the unprojected perturbation is
-kept for the report.
+kept for the report. An output with NaN or inf falls back to the clean input and is
+counted (``CheckedAttack.nonfinite``), never scored as a successful attack.
 """
 from __future__ import annotations
 
@@ -98,6 +99,8 @@ class CheckedAttack:
     params: dict = field(default_factory=dict)
     perturbation_norms: list = field(default_factory=list)  # minimal attacks, before projection
     seconds: float = 0.0
+    samples: int = 0  # inputs attacked so far
+    nonfinite: int = 0  # of them, outputs with NaN/inf that fell back to the clean input
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
         start = time.perf_counter()
@@ -106,15 +109,35 @@ class CheckedAttack:
         if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
             raise AdvplugError(f"attack {self.name!r} returned {type(x_adv).__name__} of shape "
                                f"{getattr(x_adv, 'shape', None)}, expected a tensor shaped {tuple(x.shape)}")
-        x_adv = x_adv.detach().to(x.device, x.dtype)
+        x_adv, finite = self._finite_or_clean(x_adv.detach().to(x.device, x.dtype), x)
         if self.info.minimal:
             delta = (x_adv - x).flatten(1)
             norm = delta.abs().amax(1) if self.threat.norm == "Linf" else delta.norm(dim=1)
-            self.perturbation_norms.append(norm.cpu())
+            self.perturbation_norms.append(norm[finite].cpu())
             x_adv = x + self.threat.project(x_adv - x, x)
         self._check(x_adv, x)
+        self.samples += len(x)
         self.seconds += time.perf_counter() - start
         return x_adv
+
+    def _finite_or_clean(self, x_adv, x):
+        """A sample whose output holds NaN or inf is neither adversarial nor valid: it falls
+        back to its clean input (so it counts as not fooled) and is counted in ``nonfinite``.
+        NaN would otherwise slip through the box and ball checks (every comparison with NaN
+        is false) and count as a successful attack."""
+        finite = torch.isfinite(x_adv.flatten(1)).all(1)
+        bad = int((~finite).sum())
+        if bad:
+            self.nonfinite += bad
+            x_adv = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x_adv, x)
+        return x_adv, finite
+
+    def nonfinite_note(self) -> str | None:
+        """The report's sentence about non-finite outputs, if there were any."""
+        if not self.nonfinite:
+            return None
+        return (f"returned non-finite values (NaN/inf) for {self.nonfinite} of {self.samples} samples; "
+                f"those samples kept their clean input (counted as not fooled by this attack)")
 
     def _check(self, x_adv, x, tol=1e-5):
         low, high = x_adv.min().item(), x_adv.max().item()
@@ -129,15 +152,15 @@ class CheckedAttack:
 
     @property
     def median_norm(self) -> float | None:
-        if not self.perturbation_norms:
-            return None
-        return torch.cat(self.perturbation_norms).median().item()
+        """Median unprojected norm of a minimal attack's (finite) outputs."""
+        norms = torch.cat(self.perturbation_norms) if self.perturbation_norms else torch.empty(0)
+        return norms.median().item() if len(norms) else None
 
 
-def build_attack(registry, spec: str, model, threat: Threat, defaults: dict | None = None) -> CheckedAttack:
-    """``spec`` is ``name`` or ``name:key=value,...`` (names may be namespaced:
-    ``torchattacks:pgd:steps=20``). ``defaults`` maps canonical attack names to parameters
-    used where the spec sets none (e.g. shorter CW runs for training)."""
+def resolve_attack(registry, spec: str, threat: Threat, defaults: dict | None = None):
+    """``spec`` -> (registry entry, AttackInfo, parameters), checked against the attack's
+    schema (defaults filled in) and its supported norms, before anything runs.
+    ``defaults`` maps canonical attack names to parameters used where the spec sets none."""
     from ..params import parse_spec
 
     name, params = parse_spec(spec)
@@ -147,5 +170,15 @@ def build_attack(registry, spec: str, model, threat: Threat, defaults: dict | No
     if threat.norm not in info.norms:
         raise AdvplugError(f"attack {entry.name!r} does not support the {threat.norm} threat model "
                            f"(supports {', '.join(info.norms)})")
+    if info.params is not None:
+        params = check_params(f"attack {parse_spec(spec)[0]!r}", params, info.params)
+    return entry, info, params
+
+
+def build_attack(registry, spec: str, model, threat: Threat, defaults: dict | None = None) -> CheckedAttack:
+    """``spec`` is ``name`` or ``name:key=value,...`` (names may be namespaced:
+    ``torchattacks:pgd:steps=20``). ``defaults`` maps canonical attack names to parameters
+    used where the spec sets none (e.g. shorter CW runs for training)."""
+    entry, info, params = resolve_attack(registry, spec, threat, defaults)
     fn = entry.obj(model, threat, **params)
     return CheckedAttack(entry.name, fn, threat, info, params)

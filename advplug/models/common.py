@@ -45,3 +45,19 @@ class Normalize(nn.Module):
 
     def extra_repr(self):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+class SelectLogits(nn.Module):
+    """Wraps a model whose forward returns a dict (or tuple) and returns ``out[key]``, the
+    logits, as every attack and report expects (``--logits-key``)."""
+
+    def __init__(self, model: nn.Module, key):
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x):
+        return self.model(x)[self.key]
+
+    def extra_repr(self):
+        return f"key={self.key!r}"
