@@ -20,11 +20,12 @@ def registry():
     return get_host().registry
 
 
-def train(config=None, *, resume=None, **overrides):
-    """Train a model; see :func:`advplug.engine.train`. Returns the finished Run."""
+def train(config=None, *, resume=None, overwrite=False, **overrides):
+    """Train a model; see :func:`advplug.engine.train`. Returns the finished Run. An output
+    directory that already holds a run is refused unless ``overwrite=True``."""
     from .engine import train as _train
 
-    return _train(config, resume=resume, **overrides)
+    return _train(config, resume=resume, overwrite=overwrite, **overrides)
 
 
 def load_model(path, device="cpu"):

@@ -4,18 +4,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import AdvplugError
 from .params import parse_spec
 
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a model (flags override --config)")
+    p = sub.add_parser("train", help="train a model (flags override --config)", epilog=_dataset_defaults_text(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run exactly where its last checkpoint left it")
     p.add_argument("--trainer", help="trainer, optionally with parameters: pgd-at:steps=7,alpha=0.01")
-    p.add_argument("--out", help="output directory (default runs/latest)")
+    p.add_argument("--out", help="output directory (default runs/latest); one that holds a run is refused")
     _add_training_args(p)
     p.set_defaults(func=cmd_train)
+
+
+def _dataset_defaults_text() -> str:
+    """The per-dataset defaults, for --help (where neither --config nor a flag sets them)."""
+    from .data import BUILTIN_DATASETS
+
+    lines = ["defaults per dataset (where neither --config nor a flag sets them):"]
+    lines += [f"  {name}: {spec.describe_defaults()}" for name, spec in BUILTIN_DATASETS.items()]
+    return "\n".join(lines)
 
 
 def _add_training_args(p):
@@ -29,11 +40,11 @@ def _add_training_args(p):
                                      "e.g. mixed-ratio:ratio=30:70,attacks=fgsm+pgd")
     p.add_argument("--transform", action="append", dest="transforms", help="model transform name:key=value (repeatable)")
     p.add_argument("--norm", help="Linf or L2")
-    p.add_argument("--eps", help="radius in pixel space of [0,1] images, e.g. 0.3 or 8/255")
+    p.add_argument("--eps", help="radius in pixel space of [0,1] images, e.g. 0.3 or 8/255 (default: the dataset's)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", help="sgd, adam or adamw")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", help="sgd, adam or adamw (default: the dataset's, see below)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the dataset's)")
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--lr-schedule", help="constant, multistep, cyclic, onecycle, cosine")
@@ -58,6 +69,8 @@ def _add_training_args(p):
                    help="stop and restore the previous epoch when held-out PGD accuracy drops by more than POINTS")
     p.add_argument("--no-plot", action="store_true", help="no overfitting.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in the output directory (its files are removed first)")
 
 
 def _training_overrides(args) -> dict:
@@ -95,13 +108,16 @@ def _training_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .engine import train
+    from .engine import RunInterrupted, train
 
     overrides = _training_overrides(args)
     try:
-        run = train(args.config, resume=args.resume, **overrides)
+        run = train(args.config, resume=args.resume, overwrite=args.overwrite, **overrides)
+    except RunInterrupted as stop:
+        print(f"\n{stop.hint}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("\ninterrupted; continue with: advplug train --resume <out dir>", file=sys.stderr)
+        print("\ninterrupted before the run started; nothing was written", file=sys.stderr)
         return 130
     print(f"run written to {run.out_dir}/ (model.pt, metrics.jsonl, manifest.json)")
     return 0
@@ -146,7 +162,7 @@ def _study(args, name: str, variants: dict, base: dict | None = None, **options)
     base.update({k: v for k, v in _training_overrides(args).items() if v is not None and k != "out"})
     run_study(name, variants, base, attacks=args.attacks, out=args.out, test_subset=base.get("test_subset"),
               eval_seed=base.get("eval_seed", 42), batch_size=args.eval_batch_size,
-              progress=not args.no_progress and sys.stderr.isatty(), **options)
+              progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite, **options)
     return 0
 
 
@@ -249,19 +265,29 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def _add_external_model_args(p):
+    """--weights/--random-init/--normalize/--logits-key for --arch and --model-factory."""
+    p.add_argument("--weights", help="plain state_dict for --arch or --model-factory; 'none' when the factory "
+                                     "returns a trained model itself")
+    p.add_argument("--random-init", action="store_true",
+                   help="evaluate --arch/--model-factory with untrained (random) weights, on purpose")
+    p.add_argument("--normalize", help="MEAN/STD the external model expects, e.g. 0.1307/0.3081")
+    p.add_argument("--logits-key", help="the model returns a dict (or tuple): the key (or index) of its logits")
+
+
 def _add_eval(sub):
     p = sub.add_parser("eval", help="evaluate models against attacks on one identical test subset")
     p.add_argument("--model", dest="models", action="append", default=[], help="advplug model.pt or checkpoint")
     p.add_argument("--models", dest="more_models", nargs="+", default=[], help="several advplug models")
     p.add_argument("--arch", help="registered architecture for a plain state_dict given with --weights")
-    p.add_argument("--model-factory", help="import path pkg.module:fn building the model, with --weights")
-    p.add_argument("--weights", help="plain state_dict for --arch or --model-factory")
-    p.add_argument("--normalize", help="MEAN/STD the external model expects, e.g. 0.1307/0.3081")
+    p.add_argument("--model-factory", help="import path pkg.module:fn building the model (the current directory "
+                                           "is importable), with --weights")
+    _add_external_model_args(p)
     p.add_argument("--dataset", help="default: the dataset the models were trained on")
     p.add_argument("--attacks", help="comma-separated specs, e.g. fgsm,pgd:steps=20,cw,autoattack "
                                      "(default for mnist: the seed protocol " + "fgsm,pgd:steps=20,cw:steps=30,deepfool)")
     p.add_argument("--norm", default="Linf")
-    p.add_argument("--eps", help="pixel space; default 0.3 for MNIST Linf, 8/255 otherwise")
+    p.add_argument("--eps", help="pixel space; default: the dataset's (MNIST Linf 0.3, L2 2.0; else 8/255, 0.5)")
     p.add_argument("--test-subset", type=int, help="N fixed test images (indices from --seed)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=256)
@@ -270,41 +296,57 @@ def _add_eval(sub):
     p.add_argument("--data-root")
     p.add_argument("--no-verify-checksums", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="directory for eval.json and eval.md")
+    p.add_argument("--out", default="runs/eval",
+                   help="eval.json, eval.md and results/ (each finished (model, attack) result, reused on a rerun); "
+                        "default runs/eval")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
 
-def cmd_eval(args) -> int:
-    from pathlib import Path
-
-    from .engine import resolve_device
-    from .evaluate import run_evaluation
-    from .host import get_host
+def _external_model(args, dataset_spec, registry):
+    """(model, spec) from --arch/--model-factory with --weights FILE|none or --random-init."""
     from .modelio import load_external_model
 
+    return load_external_model(dataset_spec, registry, arch=args.arch, factory=args.model_factory,
+                               weights=args.weights, normalize=args.normalize, random_init=args.random_init,
+                               logits_key=args.logits_key)
+
+
+def cmd_eval(args) -> int:
+    from .engine import resolve_device
+    from .evaluate import model_labels, run_evaluation
+    from .host import get_host
+    from .modelio import load_model_and_spec
+    from .rundir import check_output_dir
+
+    check_output_dir(args.out)
     registry = get_host().registry
     device = resolve_device(args.device)
-    models = {}
-    from .modelio import load_model_and_spec
-
-    for path in [*args.models, *args.more_models]:
-        models[Path(path).parent.name + "/" + Path(path).name] = load_model_and_spec(path, device, registry)
+    paths = [*args.models, *args.more_models]
+    models = {label: load_model_and_spec(path, device, registry)
+              for label, path in zip(model_labels(paths), paths)}
     if args.arch or args.model_factory:
         dataset = args.dataset or (next(iter(models.values()))[1] or {}).get("dataset") if models else args.dataset
         if not dataset:
             raise AdvplugError("--arch/--model-factory need --dataset")
-        model, spec = load_external_model(registry.get("datasets", dataset), registry, arch=args.arch,
-                                          factory=args.model_factory, weights=args.weights,
-                                          normalize=args.normalize)
-        models[args.arch or args.model_factory] = (model, spec)
+        model, spec = _external_model(args, registry.get("datasets", dataset), registry)
+        models[spec["label"]] = (model, spec)
+    elif args.weights or args.random_init or args.logits_key:
+        raise AdvplugError("--weights, --random-init and --logits-key go with --arch or --model-factory")
     if not models:
         raise AdvplugError("nothing to evaluate: pass --model FILE, --models A B ..., or --arch/--model-factory with --weights")
-    run_evaluation(models, dataset=args.dataset, attacks=args.attacks, norm=args.norm, eps=args.eps,
-                   test_subset=args.test_subset, seed=args.seed, data_root=args.data_root,
-                   verify_checksums=not args.no_verify_checksums, batch_size=args.batch_size,
-                   device=str(device), sanity=args.sanity, sanity_samples=args.sanity_samples, out=args.out,
-                   registry=registry, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        run_evaluation(models, dataset=args.dataset, attacks=args.attacks, norm=args.norm, eps=args.eps,
+                       test_subset=args.test_subset, seed=args.seed, data_root=args.data_root,
+                       verify_checksums=not args.no_verify_checksums, batch_size=args.batch_size,
+                       device=str(device), sanity=args.sanity, sanity_samples=args.sanity_samples, out=args.out,
+                       registry=registry, progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        from .result_store import FOLDER
+
+        print(f"\ninterrupted; the finished results are kept in {Path(args.out) / FOLDER}: rerun the same command "
+              f"to continue with the rest", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -315,8 +357,7 @@ def _add_benchmark(sub):
     which.add_argument("--robustbench-model", metavar="NAME", help="a RobustBench zoo model, e.g. Wong2020Fast")
     which.add_argument("--arch", help="registered architecture for a plain state_dict given with --weights")
     which.add_argument("--model-factory", help="import path pkg.module:fn building the model, with --weights")
-    p.add_argument("--weights", help="plain state_dict for --arch or --model-factory")
-    p.add_argument("--normalize", help="MEAN/STD the external model expects inside it")
+    _add_external_model_args(p)
     p.add_argument("--model-dir", default="./models", help="RobustBench zoo weights: <dir>/<dataset>/<threat>/NAME.pt")
     p.add_argument("--name", help="model id of the result (default: run dir or zoo name)")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet")
@@ -339,16 +380,24 @@ def _add_benchmark(sub):
 
 def cmd_benchmark(args) -> int:
     from .benchmark import run as bench
-    from .benchmark.model_info import check_threat
+    from .benchmark.model_info import DATASETS, check_threat
     from .engine import resolve_device
+    from .rundir import check_output_dir
     from .threat import parse_eps
 
+    if args.dataset not in DATASETS:
+        model = args.model or "MODEL.pt"
+        raise AdvplugError(f"RobustBench has no {args.dataset} leaderboard (only {', '.join(DATASETS)}); for "
+                           f"AutoAttack on a {args.dataset} model: advplug eval --model {model} --attacks autoattack")
     check_threat(args.dataset, args.threat)
     chosen = [flag for flag, value in (("--model", args.model), ("--robustbench-model", args.robustbench_model),
                                        ("--arch", args.arch), ("--model-factory", args.model_factory)) if value]
     if len(chosen) != 1:
         raise AdvplugError("pass exactly one of --model, --robustbench-model, --arch or --model-factory"
                            + (f" (got {', '.join(chosen)})" if chosen else ""))
+    check_output_dir(args.out)
+    if (args.weights or args.random_init or args.logits_key) and not (args.arch or args.model_factory):
+        raise AdvplugError("--weights, --random-init and --logits-key go with --arch or --model-factory")
     device = resolve_device(args.device)
     if args.model:
         bm = bench.advplug_model(args.model, args.dataset, device, args.name)
@@ -356,7 +405,8 @@ def cmd_benchmark(args) -> int:
         bm = bench.zoo_model(args.robustbench_model, args.dataset, args.threat, args.model_dir, args.name)
     else:
         bm = bench.external_model(args.dataset, arch=args.arch, factory=args.model_factory, weights=args.weights,
-                                  normalize=args.normalize, name=args.name)
+                                  normalize=args.normalize, random_init=args.random_init,
+                                  logits_key=args.logits_key, name=args.name)
     result, path = bench.benchmark_to_model_info(
         bm, args.out, dataset=args.dataset, threat=args.threat, additional_data=args.additional_data,
         eps=parse_eps(args.eps) if args.eps else None, n_examples=args.n_examples, batch_size=args.batch_size,

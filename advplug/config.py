@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import AdvplugError
-from .threat import Threat
+from .threat import Threat, parse_norm
 
 try:
     import tomllib
@@ -34,17 +37,17 @@ class TrainConfig:
     sampler: str | None = None  # batch sampler from a plugin (mixed clean:adversarial batches); trainer "standard"
     sampler_params: dict = field(default_factory=dict)
     transforms: list = field(default_factory=list)  # "name:key=value,..." applied in order
-    # threat model, pixel space
+    # threat model, pixel space; eps None: the dataset's default for the norm
     norm: str = "Linf"
-    eps: float = 0.3
-    # optimization
+    eps: float | None = None
+    # optimization; None: the dataset's default (DatasetSpec.training), see `advplug train --help`
     epochs: int = 1
     batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "constant"
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    lr_schedule: str | None = None
     lr_milestones: list = field(default_factory=list)  # epochs (floats allowed); multistep
     lr_gamma: float = 0.1
     # data
@@ -73,6 +76,17 @@ class TrainConfig:
     def threat(self) -> Threat:
         return Threat(self.norm, self.eps)
 
+    def resolve_defaults(self, dataset_spec) -> "TrainConfig":
+        """Fill what the config left unset (None) from the dataset's defaults: optimizer
+        settings (``dataset_spec.training``) and ε for the norm; the resolved values are
+        what config.json records."""
+        for key, value in dataset_spec.training.items():
+            if getattr(self, key, None) is None:
+                setattr(self, key, value)
+        if self.eps is None:
+            self.eps = dataset_spec.default_eps(parse_norm(self.norm))
+        return self
+
     def validate(self) -> "TrainConfig":
         threat = self.threat  # raises on a bad norm or ε
         self.norm, self.eps = threat.norm, threat.eps
@@ -89,6 +103,11 @@ class TrainConfig:
             raise AdvplugError(f"unknown lr_schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if self.lr <= 0:
             raise AdvplugError(f"lr must be > 0, got {self.lr}")
+        for name in ("monitor_size", "eval_steps", "momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise AdvplugError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.monitor_steps < 1:
+            raise AdvplugError(f"monitor_steps must be >= 1, got {self.monitor_steps}")
         if (self.keep_best or self.co_guard is not None) and not self.monitor_size:
             raise AdvplugError("keep_best and co_guard watch the held-out PGD monitor: set monitor_size > 0")
         if self.co_guard is not None and not 0 < float(self.co_guard) <= 100:
@@ -107,8 +126,54 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise AdvplugError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        return cls(**values)
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise AdvplugError(f"unknown config key(s) {', '.join(unknown)}{hint}; known keys: {', '.join(sorted(known))}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{key: check_type(key, value, hints[key]) for key, value in values.items()})
+
+
+#: what each annotated type accepts, in words
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+               dict: "a table (dict)", list: "a list"}
+
+
+def check_type(key: str, value, annotation):
+    """``value`` as the config key's type (a whole float becomes an int, an int a float),
+    or one :class:`AdvplugError` saying what the key takes. ``eps`` also takes a string
+    such as ``"8/255"``."""
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    if value is None and type(None) in allowed:
+        return None
+    if key == "eps" and isinstance(value, str):
+        return value  # parsed (and checked) by Threat
+    for kind in (t for t in allowed if t is not type(None)):
+        if kind is bool and isinstance(value, bool):
+            return value
+        if isinstance(value, bool):
+            continue
+        if kind is int and isinstance(value, (int, float)) and float(value).is_integer():
+            return int(value)
+        if kind is float and isinstance(value, (int, float)):
+            return float(value)
+        if kind in (str, dict, list) and isinstance(value, kind):
+            return value
+    words = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in allowed if t is not type(None))
+    if type(None) in allowed:
+        words += " (or unset)"
+    hint = ""
+    if isinstance(value, str) and any(t in (int, float) for t in allowed):
+        hint = f" (write {key} = {value}, without quotes)" if _is_number(value) else ""
+    raise AdvplugError(f"config key {key!r} must be {words}, got {value!r}{hint}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def read_config_file(path, _including=()) -> dict:
@@ -150,8 +215,10 @@ def merge_config(values: dict, overrides: dict) -> dict:
     return values
 
 
-def make_config(config=None, **overrides) -> TrainConfig:
-    """From a TrainConfig, a dict, or a file path; ``overrides`` win (None values ignored)."""
+def make_config(config=None, registry=None, **overrides) -> TrainConfig:
+    """From a TrainConfig, a dict, or a file path; ``overrides`` win (None values ignored);
+    what is still unset comes from the dataset's defaults (``registry`` has the dataset;
+    default: the process-wide host's)."""
     if isinstance(config, TrainConfig):
         values = config.to_dict()
     elif isinstance(config, dict):
@@ -160,4 +227,9 @@ def make_config(config=None, **overrides) -> TrainConfig:
         values = {}
     else:
         values = read_config_file(config)
-    return TrainConfig.from_dict(merge_config(values, overrides)).validate()
+    cfg = TrainConfig.from_dict(merge_config(values, overrides))
+    if registry is None:
+        from .host import get_host
+
+        registry = get_host().registry
+    return cfg.resolve_defaults(registry.get("datasets", cfg.dataset)).validate()

@@ -25,9 +25,21 @@ def resolve_data_root(data_root=None) -> Path:
     return Path(data_root or os.environ.get("ADVPLUG_DATA") or "data").expanduser()
 
 
+#: training defaults of a dataset that states none: SGD as in most CIFAR-style recipes
+GENERIC_TRAINING = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                    "lr_schedule": "multistep"}
+#: threat radii of a dataset that states none: the CIFAR leaderboards' (RobustBench)
+GENERIC_EPS = {"Linf": 8 / 255, "L2": 0.5}
+
+
 @dataclass
 class DatasetSpec:
-    """What advplug needs to know about a dataset; ``load`` returns (uint8 NCHW, int64)."""
+    """What advplug needs to know about a dataset; ``load`` returns (uint8 NCHW, int64).
+
+    ``training`` holds the optimizer settings (``optimizer``, ``lr``, ``momentum``,
+    ``weight_decay``, ``lr_schedule``) a run uses where neither its config nor a flag sets
+    them: chosen so every built-in trainer learns on a short run. ``eps`` holds the default
+    radius per norm, for training and evaluation alike (pixel space)."""
 
     name: str
     num_classes: int
@@ -38,6 +50,26 @@ class DatasetSpec:
     files: Callable  # (root, train) -> [(path, md5 or None)]
     load: Callable  # (root, train, download, verify) -> torchvision dataset
     augment: dict = field(default_factory=dict)  # default augmentation for training
+    training: dict = field(default_factory=lambda: dict(GENERIC_TRAINING))
+    eps: dict = field(default_factory=lambda: dict(GENERIC_EPS))
+
+    def default_eps(self, norm: str) -> float:
+        return float(self.eps.get(norm, GENERIC_EPS[norm]))
+
+    def describe_defaults(self) -> str:
+        """'adam lr 0.001, weight decay 0, constant LR; ε Linf 0.3, L2 2' for --help."""
+        t = {**GENERIC_TRAINING, **self.training}
+        optimizer = f"{t['optimizer']} lr {t['lr']:g}"
+        if t["optimizer"] == "sgd":
+            optimizer += f" momentum {t['momentum']:g}"
+        radii = ", ".join(f"{norm} {_eps_text(eps)}" for norm, eps in {**GENERIC_EPS, **self.eps}.items())
+        return f"{optimizer}, weight decay {t['weight_decay']:g}, {t['lr_schedule']} LR; ε {radii}"
+
+
+def _eps_text(eps: float) -> str:
+    """8/255 for radii that are whole steps of 1/255 (as papers write them), else 0.3."""
+    steps = eps * 255
+    return f"{round(steps)}/255" if 0 < eps < 1 and abs(steps - round(steps)) < 1e-9 else f"{eps:g}"
 
 
 # -- torchvision constructors ---------------------------------------------------------
@@ -103,16 +135,22 @@ _CIFAR_AUG = {"crop": 4, "flip": True, "color_jitter": 0.0}
 CIFAR10_FILES, CIFAR10_LOAD = _cifar(tvd.CIFAR10)
 CIFAR100_FILES, CIFAR100_LOAD = _cifar(tvd.CIFAR100)
 
+#: MNIST: Adam 1e-3 (SGD 0.05 left PGD-AT near chance after an epoch on 2,000-5,000 images);
+#: ε = 0.3 (Madry et al.), L2 2.0 (Tramèr & Boneh)
+_MNIST_TRAINING = {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "lr_schedule": "constant"}
+#: SVHN: SGD 0.01 (Rice et al. 2020: 0.1 diverges on SVHN)
+_SVHN_TRAINING = {**GENERIC_TRAINING, "lr": 0.01}
+
 BUILTIN_DATASETS = {
     "mnist": DatasetSpec("mnist", 10, 1, 28, (0.1307,), (0.3081,), _mnist_files, _mnist_load,
-                         {"crop": 0, "flip": False, "color_jitter": 0.0}),
+                         {"crop": 0, "flip": False, "color_jitter": 0.0}, _MNIST_TRAINING, {"Linf": 0.3, "L2": 2.0}),
     "cifar10": DatasetSpec("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616),
                            CIFAR10_FILES, CIFAR10_LOAD, dict(_CIFAR_AUG)),
     "cifar100": DatasetSpec("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                             CIFAR100_FILES, CIFAR100_LOAD, dict(_CIFAR_AUG)),
     # no flip for digits: a mirrored digit is another symbol
     "svhn": DatasetSpec("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                        _svhn_files, _svhn_load, {"crop": 4, "flip": False, "color_jitter": 0.0}),
+                        _svhn_files, _svhn_load, {"crop": 4, "flip": False, "color_jitter": 0.0}, _SVHN_TRAINING),
 }
 
 

@@ -3,6 +3,7 @@ per-epoch metrics, monitor, atomic checkpoints, exact resume and lifecycle hooks
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
@@ -22,6 +23,8 @@ from .modelio import build_model, model_spec, save_model
 from .monitor import clean_and_pgd_accuracy
 from .params import check_params
 from .plots import plot_overfitting
+from .rundir import check_output_dir, prepare_run_dir
+from .threat import threat_warning
 from .trainers.sampled import SampledTrainer
 
 CLEAN_ACC_EVERY = 10  # batches between eval-mode clean-accuracy samples (adversarial trainers)
@@ -128,6 +131,9 @@ class Run:
             schedule = reg.get("schedules", cfg.schedule)(**cfg.schedule_params)
         self.schedule = schedule
         sampler = reg.get("samplers", cfg.sampler)(**cfg.sampler_params) if cfg.sampler else None
+        warning = threat_warning(cfg.threat, self.dataset)
+        if warning:
+            print(f"advplug: warning: {warning}", file=sys.stderr, flush=True)
         seed_everything(cfg.seed)
 
         load = dict(data_root=cfg.data_root, download=cfg.download, verify_checksums=cfg.verify_checksums)
@@ -179,6 +185,7 @@ class Run:
         self.manifest["resumed"] = list(previous.get("resumed", [])) + [
             {"at_epoch": self.epoch, "time": manifest_mod.now()}]
         self.manifest["started"] = previous.get("started", self.manifest["started"])
+        self.manifest["_wall_before"] = manifest_mod.wall_time_before(self.out_dir, previous)
 
     # -- files ----------------------------------------------------------------------
 
@@ -277,6 +284,16 @@ class Run:
         return out
 
     def fit(self) -> "Run":
+        """Train to the last epoch (or an early stop), save the model, evaluate it. Ctrl-C
+        records ``interrupted`` in the manifest and raises :class:`RunInterrupted`."""
+        try:
+            return self._fit()
+        except KeyboardInterrupt:
+            if self.out_dir.is_dir():
+                manifest_mod.write(self, status="interrupted")
+            raise RunInterrupted(self.out_dir, (self.out_dir / "checkpoints" / "last.pt").is_file()) from None
+
+    def _fit(self) -> "Run":
         cfg = self.config
         self.write_start_files()
         if cfg.co_guard is not None:
@@ -292,6 +309,7 @@ class Run:
             metrics = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             metrics.update(self.train_epoch())
             metrics["epoch_time_s"] = time.perf_counter() - start
+            self.check_diverged(metrics)
             mon_start = time.perf_counter()
             metrics.update(self.monitor())
             metrics["monitor_time_s"] = time.perf_counter() - mon_start
@@ -332,6 +350,16 @@ class Run:
         self.host.call("advplug_train_end", run=self)
         manifest_mod.write(self, finished=True)
         return self
+
+    def check_diverged(self, metrics: dict) -> None:
+        """A non-finite training loss is one error, before the epoch is checkpointed:
+        ``checkpoints/last.pt`` keeps the last finite epoch."""
+        if not math.isfinite(metrics["train_loss"]):
+            kept = (f"{self.out_dir / 'checkpoints' / 'last.pt'} holds epoch {self.epoch}, the last finite one"
+                    if self.epoch else "no epoch finished, so nothing was kept")
+            raise AdvplugError(f"training diverged in epoch {self.epoch + 1}: the training loss is "
+                               f"{metrics['train_loss']} ({self.config.optimizer} lr {self.config.lr:g}); lower --lr. "
+                               f"{kept}")
 
     # -- catastrophic overfitting and early stopping ---------------------------------
 
@@ -408,17 +436,43 @@ def load_resume_state(path) -> dict:
 RESUMABLE_OVERRIDES = ("epochs", "out", "device", "data_root", "progress")
 
 
-def train(config=None, *, resume=None, host=None, **overrides) -> Run:
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after its manifest recorded ``interrupted``; ``out_dir`` is
+    the run, ``resumable`` whether a checkpoint exists to continue it from."""
+
+    def __init__(self, out_dir, resumable: bool):
+        self.out_dir, self.resumable = Path(out_dir), resumable
+        super().__init__(self.hint)
+
+    @property
+    def hint(self) -> str:
+        if self.resumable:
+            return f"interrupted; continue with: advplug train --resume {self.out_dir}"
+        return (f"interrupted in the first epoch, before any checkpoint of {self.out_dir}; run the same "
+                f"command again to start over")
+
+
+def train(config=None, *, resume=None, host=None, overwrite: bool = False, **overrides) -> Run:
     """Train from a config (TrainConfig, dict, or TOML/JSON path) plus keyword overrides,
-    or continue a run exactly with ``resume=`` a run directory or checkpoint."""
+    or continue a run exactly with ``resume=`` a run directory or checkpoint.
+
+    A new run refuses an output directory that already holds a run (model or checkpoint)
+    unless ``overwrite``, which removes the old run's files first."""
+    registry = (host or get_host()).registry
     state = None
     if resume is not None:
+        if config is not None:
+            raise AdvplugError(f"--resume continues {resume} with the config it was started with; --config {config} "
+                               f"would be ignored. Drop --config (only {', '.join(RESUMABLE_OVERRIDES)} can change "
+                               f"on resume)")
+        if overwrite:
+            raise AdvplugError("--overwrite starts a run afresh; it does not go with --resume")
         state = load_resume_state(resume)
         blocked = sorted(k for k, v in overrides.items() if v is not None and k not in RESUMABLE_OVERRIDES)
         if blocked:
             raise AdvplugError(f"--resume continues the saved config; cannot change {', '.join(blocked)} "
                                f"(changeable: {', '.join(RESUMABLE_OVERRIDES)})")
-        cfg = make_config(state["config"], **overrides)
+        cfg = make_config(state["config"], registry=registry, **overrides)
         saved_epochs = state["config"]["epochs"]
         if cfg.epochs != saved_epochs and cfg.lr_schedule in ("cyclic", "onecycle", "cosine"):
             raise AdvplugError(
@@ -426,6 +480,8 @@ def train(config=None, *, resume=None, host=None, **overrides) -> Run:
                 f"with --epochs {cfg.epochs} would break it. Resume without --epochs, or start a new run")
         if "out" not in overrides or overrides.get("out") is None:
             cfg.out = str(Path(resume) if Path(resume).is_dir() else Path(resume).parent.parent)
+        check_output_dir(cfg.out)
     else:
-        cfg = make_config(config, **overrides)
+        cfg = make_config(config, registry=registry, **overrides)
+        prepare_run_dir(cfg.out, overwrite)
     return Run(cfg, host=host, resume_state=state).fit()

@@ -58,16 +58,35 @@ def new_manifest(run) -> dict:
     }
 
 
-def write(run, finished: bool = False) -> None:
+def write(run, finished: bool = False, status: str | None = None) -> None:
+    """Write ``manifest.json`` atomically. ``finished``: the run ended (completed or
+    stopped early); ``status`` overrides the status (``interrupted``). ``wall_time_s`` is
+    the wall-clock time of the whole run, every session of a resumed run included;
+    ``train_time_s`` the sum of the epochs' training time."""
     m = run.manifest
     if finished:
         m["finished"] = now()
         m["status"] = "stopped early" if run.stop_reason else "completed"
         m["stop_reason"] = run.stop_reason
         m["final_eval"] = getattr(run, "final_eval", None)
+    if status is not None:
+        m["status"] = status
     m["epochs_done"] = run.epoch
-    m["wall_time_s"] = sum(m["epoch_times_s"])
+    m["train_time_s"] = sum(m["epoch_times_s"])
+    m["wall_time_s"] = m.get("_wall_before", 0.0) + time.time() - m["_t0"]
     shown = {k: v for k, v in m.items() if not k.startswith("_")}
     tmp = run.out_dir / ".manifest.json.tmp"
     tmp.write_text(json.dumps(shown, indent=2) + "\n")
     tmp.replace(run.out_dir / "manifest.json")
+
+
+def wall_time_before(out_dir, checkpointed: dict) -> float:
+    """Wall-clock seconds the earlier sessions of a run took: what its manifest.json says
+    (written up to the interruption), or the checkpoint's copy when the file is gone."""
+    seconds = float(checkpointed.get("wall_time_s") or 0.0)
+    try:
+        on_disk = json.loads((Path(out_dir) / "manifest.json").read_text())
+        seconds = max(seconds, float(on_disk.get("wall_time_s") or 0.0))
+    except (OSError, ValueError, TypeError):
+        pass
+    return seconds

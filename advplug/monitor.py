@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torchattacks
 
+from .errors import AdvplugError
 from .threat import Threat
 
 
@@ -19,24 +20,33 @@ def pgd_attack(model, threat: Threat, steps: int, alpha: float | None = None):
 def clean_and_pgd_accuracy(model, images, labels, threat: Threat, steps: int, batch_size: int = 256,
                            device="cpu") -> tuple[float, float | None]:
     """(clean accuracy, PGD-``steps`` accuracy) in percent; images uint8 or float [0, 1].
-    ``steps=0`` skips the attack. The model's train/eval mode is restored afterwards."""
+    ``steps=0`` skips the attack. The model's train/eval mode is restored afterwards.
+    Non-finite logits are one error (counted on the device, read once at the end)."""
     was_training = model.training
     model.eval()
     attack = pgd_attack(model, threat, steps) if steps and threat.eps > 0 else None
-    clean = robust = torch.zeros((), device=device)
+    clean = robust = nonfinite = torch.zeros((), device=device)
     try:
         for start in range(0, len(labels), batch_size):
             x = images[start:start + batch_size].to(device)
             x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
             y = labels[start:start + batch_size].to(device)
             with torch.no_grad():
-                clean = clean + (model(x).argmax(1) == y).sum()
+                logits = model(x)
+            clean = clean + (logits.argmax(1) == y).sum()
+            nonfinite = nonfinite + (~torch.isfinite(logits).all(1)).sum()
             if attack is not None:
                 x_adv = attack(x, y)
                 with torch.no_grad():
-                    robust = robust + (model(x_adv).argmax(1) == y).sum()
+                    logits = model(x_adv)
+                robust = robust + (logits.argmax(1) == y).sum()
+                nonfinite = nonfinite + (~torch.isfinite(logits).all(1)).sum()
     finally:
         model.train(was_training)
+    if nonfinite.item():
+        raise AdvplugError(f"the model returned non-finite logits (NaN/inf) for {int(nonfinite.item())} inputs "
+                           f"of {len(labels)} monitored samples: its accuracy would be meaningless (diverged "
+                           f"training? lower the learning rate)")
     n = max(len(labels), 1)
     clean_acc = 100.0 * clean.item() / n
     robust_acc = 100.0 * robust.item() / n if attack is not None else (clean_acc if steps else None)

@@ -91,3 +91,18 @@ class Threat:
 
 def _l2(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def threat_warning(threat: Threat, dataset_spec) -> str | None:
+    """A warning when ε is so large that robustness is impossible by construction: within
+    Linf 0.5, or L2 √d/2 (d = values per image), every image can be turned into the same
+    uniform gray image, so no classifier can be robust. Such runs are nearly always a
+    mistyped ε (e.g. an L2 radius given for Linf, or in 0-255 units)."""
+    values = dataset_spec.channels * dataset_spec.size * dataset_spec.size
+    limit = 0.5 if threat.norm == "Linf" else 0.5 * values ** 0.5
+    if threat.eps < limit:
+        return None
+    usual = dataset_spec.default_eps(threat.norm)
+    return (f"{threat} on {dataset_spec.name}: at ε >= {limit:.4g} every image can be turned into the same gray "
+            f"image, so robust accuracy is at most chance by construction (the usual {threat.norm} radius for "
+            f"{dataset_spec.name} is {usual:.4g}); check --eps and --norm")

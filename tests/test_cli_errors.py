@@ -182,7 +182,7 @@ def test_activation_flag_merges_with_config_model_params(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_train(config=None, *, resume=None, **overrides):
+    def fake_train(config=None, *, resume=None, overwrite=False, **overrides):
         seen["cfg"] = make_config(config, **overrides)
         raise KeyboardInterrupt  # stop before any data is touched
 
