@@ -290,8 +290,16 @@ def test_benchmark_cli_bad_input_is_one_clear_error(argv, message, capsys):
 def test_benchmark_refuses_a_checkpoint_of_another_dataset_and_missing_corruption_data(standard_model_path,
                                                                                       cifar_model_path, cifar_root,
                                                                                       tmp_path, capsys):
-    assert cli.main(["benchmark", "--model", str(standard_model_path), "--out", str(tmp_path)]) == 2
-    assert "trained on 'mnist', not 'cifar10'; pass --dataset mnist" in capsys.readouterr().err
+    # an MNIST model: no leaderboard exists, and the hint leads out (it once said --dataset mnist, which
+    # was then refused in turn: a circle)
+    hint = f"advplug eval --model {standard_model_path} --attacks autoattack"
+    for extra in ([], ["--dataset", "mnist"]):
+        assert cli.main(["benchmark", "--model", str(standard_model_path), *extra, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "RobustBench has no mnist leaderboard" in err[0] and hint in err[0]
+    assert cli.main(["benchmark", "--model", str(cifar_model_path), "--dataset", "cifar100",
+                     "--out", str(tmp_path)]) == 2
+    assert "trained on 'cifar10', not 'cifar100'; pass --dataset cifar10" in capsys.readouterr().err
     assert cli.main(["benchmark", "--model", str(cifar_model_path), "--threat", "corruptions", "--n-examples", "10",
                      "--data-root", str(cifar_root), "--no-verify-checksums", "--out", str(tmp_path)]) == 2
     assert "CIFAR-10-C" in capsys.readouterr().err

@@ -255,9 +255,10 @@ def run_benchmark(model: torch.nn.Module, *, dataset: str = "cifar10", threat: s
         print(f"resuming AutoAttack from {state_path} (attacks done: {done})", file=sys.stderr)
     with _benchmark_log(log_path, progress) as logger, eval_frozen(model), isolated_rng_and_trace(device):
         state = run_autoattack(model, x, y, norm=threat, eps=eps, seed=seed, batch_size=batch_size, device=device,
-                               state_path=state_path, progress=progress, logger=logger)
+                               state_path=state_path, progress=progress, logger=logger, clock_start=start)
     robust = state["robust_accuracy"]
-    return BenchmarkResult(clean, robust, n_examples, dataset, threat, eps, time.time() - start,
+    seconds = state.get("previous_sessions_s", 0.0) + time.time() - start  # every session of a resumed run
+    return BenchmarkResult(clean, robust, n_examples, dataset, threat, eps, seconds,
                            "advplug+pyautoattack", resumed, str(log_path), str(state_path))
 
 
@@ -281,6 +282,7 @@ def _run_corruptions(model, dataset, n_examples, batch_size, data_dir, corruptio
     """Mean accuracy over RobustBench's 15 corruptions x 5 severities (its leaderboard number).
 
     mCE is not computed: it needs RobustBench's AlexNet reference table."""
+    import_robustbench()  # robustbench's __init__ imports AutoAttack: the stand-in must be in place first
     from robustbench.data import CORRUPTION_DATASET_LOADERS, CORRUPTIONS_DICT, PREPROCESSINGS, get_preprocessing
     from robustbench.utils import clean_accuracy
     from tqdm import tqdm

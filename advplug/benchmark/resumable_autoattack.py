@@ -63,11 +63,14 @@ def _predict(model, x, batch_size, device) -> torch.Tensor:
 
 def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size: int, device, state_path,
                    progress: bool = True, logger: logging.Logger | None = None,
-                   attacks=STANDARD_ATTACKS) -> dict:
+                   attacks=STANDARD_ATTACKS, clock_start: float | None = None) -> dict:
     """AutoAttack standard on ``(x, y)``; returns the final state (``robust_flags``,
-    ``clean_accuracy``, ``robust_accuracy``, ``done``). Continues from ``state_path`` if it exists.
-    ``attacks`` runs a prefix/subset of the standard attacks with the standard version's
-    parameters (the leaderboard protocol uses all four)."""
+    ``clean_accuracy``, ``robust_accuracy``, ``done``, ``elapsed_s``). Continues from
+    ``state_path`` if it exists. ``attacks`` runs a prefix/subset of the standard attacks
+    with the standard version's parameters (the leaderboard protocol uses all four).
+    ``elapsed_s`` is the wall time of every session so far (this one from ``clock_start``,
+    default: now), saved with each batch; ``previous_sessions_s`` the part before this one."""
+    clock_start = time.time() if clock_start is None else clock_start
     from ..attacks.autoattack_adapter import autoattack_module
 
     state_path = Path(state_path)
@@ -82,7 +85,14 @@ def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size:
         flags = _predict(model, x, batch_size, device) == y.cpu()
         state = {"format": STATE_FORMAT, "attacks": list(attacks), "done": [], "current": None,
                  "robust_flags": flags, "clean_accuracy": flags.float().mean().item()}
+    before = float(state.get("elapsed_s") or 0.0)
+    state["previous_sessions_s"] = before
+
+    def save():
+        state["elapsed_s"] = before + time.time() - clock_start
         _save(state_path, _jsonable(state))
+
+    save()
     adversary = autoattack_module().AutoAttack(model, norm=norm, eps=eps, version="standard", device=device,
                                                seed=seed)
     adversary.verbose = False
@@ -94,7 +104,7 @@ def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size:
         if not flags.any():
             logger.info("no robust points left; %s and the rest have nothing to attack", attack.upper())
             state["done"] = list(state["attacks"])
-            _save(state_path, _jsonable(state))
+            save()
             break
         current = state["current"] if (state["current"] or {}).get("attack") == attack else None
         if current is None:
@@ -111,13 +121,13 @@ def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size:
             flags[idx] &= y_adv.cpu() == y[idx].cpu()
             current["batches_done"] = number + 1
             state.update(robust_flags=flags, current=current)
-            _save(state_path, _jsonable(state))
+            save()
             bar.set_postfix(robust=f"{flags.float().mean().item():.2%}")
             bar.update(1)
         bar.close()
         state["done"].append(attack)
         state["current"] = None
-        _save(state_path, _jsonable(state))
+        save()
         logger.info("robust accuracy after %s: %.2f%% (%d batches, %.1f s)", attack.upper(),
                     100 * flags.float().mean().item(), len(batches), time.time() - start)
     state["robust_accuracy"] = flags.float().mean().item()

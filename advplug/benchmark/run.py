@@ -60,19 +60,25 @@ def advplug_model(path, dataset: str, device="cpu", name: str | None = None) -> 
     """An advplug checkpoint: [0, 1] inputs, normalization inside -- nothing to wrap."""
     from ..modelio import load_model_and_spec
 
+    from .model_info import DATASETS
+
     path = Path(path)
     model, spec = load_model_and_spec(path, device)
-    if spec.get("dataset") != dataset:
-        raise AdvplugError(f"{path} was trained on {spec.get('dataset')!r}, not {dataset!r}; "
-                           f"pass --dataset {spec.get('dataset')}")
+    trained_on = spec.get("dataset")
+    if trained_on not in DATASETS:
+        raise AdvplugError(f"{path} is a {trained_on} model, and RobustBench has no {trained_on} leaderboard "
+                           f"(only {', '.join(DATASETS)}). For AutoAttack on it: advplug eval --model {path} "
+                           f"--attacks autoattack")
+    if trained_on != dataset:
+        raise AdvplugError(f"{path} was trained on {trained_on!r}, not {dataset!r}; pass --dataset {trained_on}")
     run_name = path.parent.name if path.name in ("model.pt", "last.pt") else path.stem
     if path.parent.name == "checkpoints":
         run_name = path.parent.parent.name
     return BenchmarkModel(model, model_id(name or run_name), _architecture(spec), _training_note(path))
 
 
-def external_model(dataset: str, *, arch=None, factory=None, weights=None, normalize=None,
-                   name: str | None = None) -> BenchmarkModel:
+def external_model(dataset: str, *, arch=None, factory=None, weights=None, normalize=None, random_init=False,
+                   logits_key=None, name: str | None = None) -> BenchmarkModel:
     from ..data import BUILTIN_DATASETS
     from ..host import get_host
     from ..modelio import load_external_model
@@ -81,10 +87,14 @@ def external_model(dataset: str, *, arch=None, factory=None, weights=None, norma
         raise AdvplugError(f"--arch/--model-factory work for {', '.join(('cifar10', 'cifar100'))}; "
                            f"for {dataset} use --robustbench-model or the Python API")
     model, spec = load_external_model(BUILTIN_DATASETS[dataset], get_host().registry, arch=arch,
-                                      factory=factory, weights=weights, normalize=normalize)
+                                      factory=factory, weights=weights, normalize=normalize,
+                                      random_init=random_init, logits_key=logits_key)
     label = arch or factory
-    return BenchmarkModel(model, model_id(name or Path(weights or label).stem), _architecture(spec) if arch
-                          else label, f"External weights {Path(weights).name}." if weights else "")
+    weights_file = spec.get("weights")
+    footnote = (f"External weights {Path(weights_file).name}." if weights_file else
+                "Random, untrained weights (--random-init)." if random_init else "The factory's own weights.")
+    return BenchmarkModel(model, model_id(name or Path(weights_file or label).stem),
+                          _architecture(spec) if arch else label, footnote)
 
 
 def zoo_model(zoo_name: str, dataset: str, threat: str, model_dir, name: str | None = None) -> BenchmarkModel:
