@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt $(PLUGINS)
 # short robust training + evaluation: PGD-AT on 10k MNIST images, then clean and PGD-20 on 1,000 test images
 demo: $(STAMP)
 	$(BIN)/advplug plugins
-	$(BIN)/advplug train --config examples/demo.toml
+	$(BIN)/advplug train --config examples/demo.toml --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -117,9 +117,9 @@ def test_benchmark_cli_end_to_end_writes_a_leaderboard_entry_and_ranks_it(cifar_
         clean = (model(x).argmax(1) == y).float().mean().item()
     assert info["clean_acc"] == f"{100 * clean:.2f}" and clean > 0.2
     assert float(info["autoattack_acc"]) < float(info["clean_acc"])
-    state = json.loads((out / "autoattack_state.json").read_text())
+    state = json.loads((out / "tiny-cnn" / "autoattack_state.json").read_text())
     assert state["done"] == list(STANDARD_ATTACKS) and len(state["robust_flags"]) == 16
-    assert "robust accuracy after APGD-CE" in (out / "autoattack.log").read_text()
+    assert "robust accuracy after APGD-CE" in (out / info["advplug"]["autoattack_log"]).read_text()
     # the rank against the 99 shipped entries
     board = load_leaderboard(LEADERBOARD, "cifar10", "Linf")
     rank = 1 + sum(row.robust > float(info["autoattack_acc"]) for row in board.rows)

@@ -107,9 +107,11 @@ def zoo_model(zoo_name: str, dataset: str, threat: str, model_dir, name: str | N
 
 def benchmark_to_model_info(bm: BenchmarkModel, out_dir, *, dataset: str, threat: str, additional_data=False,
                             **protocol) -> tuple[BenchmarkResult, Path]:
-    """Run the protocol on ``bm`` and write ``<out_dir>/<model id>.json`` (RobustBench model_info)."""
-    result = run_benchmark(bm.model, dataset=dataset, threat=threat, out_dir=out_dir, model_name=bm.zoo_name,
-                           **protocol)
+    """Run the protocol on ``bm`` and write ``<out_dir>/<model id>.json`` (RobustBench model_info).
+    The AutoAttack log and resumable state go to ``<out_dir>/<model id>/``, so several models
+    can share one output folder."""
+    result = run_benchmark(bm.model, dataset=dataset, threat=threat, out_dir=Path(out_dir) / bm.name,
+                           model_name=bm.zoo_name, **protocol)
     note = (f"Evaluated by advplug benchmark ({result.runner}) on the first {result.n_examples} "
             f"{dataset} test images, AutoAttack seed {protocol.get('seed', 0)}.")
     info = build_model_info(
@@ -119,6 +121,6 @@ def benchmark_to_model_info(bm: BenchmarkModel, out_dir, *, dataset: str, threat
         advplug={"n_examples": result.n_examples, "seed": protocol.get("seed", 0),
                  "batch_size": protocol.get("batch_size"), "runner": result.runner,
                  "wall_time_s": round(result.seconds, 1), "resumed": result.resumed,
-                 "autoattack_log": Path(result.log_path).name if result.log_path else None,
+                 "autoattack_log": f"{bm.name}/{Path(result.log_path).name}" if result.log_path else None,
                  "versions": versions(), **result.extra})
     return result, write_model_info(info, Path(out_dir) / f"{bm.name}.json")
