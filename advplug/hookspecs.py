@@ -48,6 +48,14 @@ def advplug_register_attacks(registry):
     ``attack(x, y) -> x_adv`` takes a batch in [0, 1] and returns adversarial inputs in
     [0, 1] inside ``threat`` (an :class:`advplug.threat.Threat`, ε in pixel space). It
     must not change the model's weights, mode or gradients.
+
+    Mark the factory with :func:`advplug.attacks.base.attack_factory`, giving its
+    parameter schema (``params={name: advplug.params.Param}``: type, default, range):
+    every call is checked against it before the attack runs, and the factory receives
+    every parameter with its default filled in. advplug checks what the attack does:
+    outputs outside [0, 1] or the ball are an error, outputs with NaN/inf fall back to
+    the clean input (counted and reported, never scored as fooled), and an attack that
+    changes the model's parameters or buffers during evaluation is an error naming it.
     """
 
 

@@ -2,6 +2,7 @@
 model_info output checked against the shipped leaderboard files, zoo loading offline."""
 import json
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -156,9 +157,14 @@ def test_interrupted_autoattack_resumes_at_the_next_batch_and_matches_an_uninter
         protocol.run_benchmark(_Interrupting(model, 3 + 150), out_dir=tmp_path / "cut", **kwargs)
     state = json.loads((tmp_path / "cut" / "autoattack_state.json").read_text())
     assert state["done"] == [] and state["current"] == {**state["current"], "attack": "apgd-ce", "batches_done": 1}
+    first_session = state["elapsed_s"]
+    assert first_session > 0
     # the wrapper has no weights of its own, so the fingerprint matches the plain model
+    started = time.time()
     resumed = protocol.run_benchmark(model, out_dir=tmp_path / "cut", **kwargs)
     assert resumed.resumed and (resumed.clean_acc, resumed.robust_acc) == (full.clean_acc, full.robust_acc)
+    # the wall time covers both sessions, not only the resumed one
+    assert resumed.seconds >= first_session + 0.9 * (time.time() - started) > first_session
     assert json.loads((tmp_path / "cut" / "autoattack_state.json").read_text())["done"] == list(STANDARD_ATTACKS)
     with pytest.raises(AdvplugError, match="other settings.*n_examples"):
         protocol.run_benchmark(model, out_dir=tmp_path / "cut", **{**kwargs, "n_examples": 23})
