@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import AdvplugError
+from .errors import AdvplugError, warn
 from .params import parse_spec
 
 
@@ -443,7 +443,7 @@ def _print_leaderboard(leaderboard_dir, dataset, threat, result, fmt, rank_only=
 
     board = lb.load_leaderboard(lb.resolve_leaderboard_dir(leaderboard_dir, dataset, threat), dataset, threat)
     for warning in board.warnings():
-        print(f"advplug: warning: {warning}", file=sys.stderr)
+        warn(warning)
     rows = board.rows
     if result:
         model, entry = lb.load_result(result, threat, dataset)
@@ -495,7 +495,7 @@ def _warn_plugin_errors(args):
     if host._HOST is not None:
         for err in host._HOST.errors:
             if err.provides_nothing:
-                print(f"advplug: warning: {err}", file=sys.stderr)
+                warn(err)
 
 
 if __name__ == "__main__":

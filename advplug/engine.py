@@ -17,7 +17,7 @@ from . import manifest as manifest_mod
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, safe_load
 from .config import TrainConfig, make_config
 from .data import BatchLoader, load_split, subset_indices
-from .errors import AdvplugError
+from .errors import AdvplugError, warn
 from .host import get_host
 from .modelio import build_model, model_spec, save_model
 from .monitor import clean_and_pgd_accuracy
@@ -133,7 +133,7 @@ class Run:
         sampler = reg.get("samplers", cfg.sampler)(**cfg.sampler_params) if cfg.sampler else None
         warning = threat_warning(cfg.threat, self.dataset)
         if warning:
-            print(f"advplug: warning: {warning}", file=sys.stderr, flush=True)
+            warn(warning)
         seed_everything(cfg.seed)
 
         load = dict(data_root=cfg.data_root, download=cfg.download, verify_checksums=cfg.verify_checksums)

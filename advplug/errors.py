@@ -7,3 +7,11 @@ class AdvplugError(Exception):
     The CLI prints ``advplug: error: <message>`` and exits with status 2; the Python
     API lets it propagate. Anything else that escapes is a bug in advplug or a plugin.
     """
+
+
+def warn(message: str) -> None:
+    """One ``advplug: warning: ...`` line on stderr: something the user should know that does
+    not stop the run (the report says it too where it concerns a number)."""
+    import sys
+
+    print(f"advplug: warning: {message}", file=sys.stderr, flush=True)

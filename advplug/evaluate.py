@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .attacks.base import build_attack, eval_frozen, resolve_attack, split_attack_list
 from .data import load_split, subset_indices
-from .errors import AdvplugError
+from .errors import AdvplugError, warn
 from .fingerprint import changed_tensors, json_digest, model_identity, state_digests
 from .threat import Threat
 
@@ -206,8 +206,7 @@ def _attack_row(model, test, attack_spec, threat, registry, batch_size, device, 
     if attack.nonfinite:
         row["nonfinite_samples"] = attack.nonfinite
         notes.append(attack.nonfinite_note())
-        print(f"advplug: warning: model {name} / attack {attack_spec.text}: {attack.nonfinite_note()}",
-              flush=True)
+        warn(f"model {name} / attack {attack_spec.text}: {attack.nonfinite_note()}")
     if notes:
         row["note"] = "; ".join(notes)
     return row, correct
@@ -270,7 +269,7 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     threat = Threat(norm, spec.default_eps(Threat(norm, 0).norm) if eps is None else eps)
     warning = threat_warning(threat, spec)
     if warning:
-        print(f"advplug: warning: {warning}", flush=True)
+        warn(warning)
     attacks = attacks or default_attacks(dataset)
     attack_specs = resolve_attacks(registry, attacks, threat)  # bad names or parameters fail before any work
     test = load_test_set(spec, test_subset, seed, data_root=data_root, verify_checksums=verify_checksums)

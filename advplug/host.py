@@ -8,7 +8,6 @@ disabled as a whole: none of its things are in the registry, and it is recorded 
 from __future__ import annotations
 
 import importlib
-import sys
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -16,6 +15,7 @@ from importlib import metadata
 import pluggy
 
 from . import hookspecs
+from .errors import warn
 from .registries import KINDS, PluginDisabled, Registrar, Registry
 
 ENTRY_POINT_GROUP = "advplug"
@@ -121,7 +121,7 @@ class Host:
         except Exception as exc:  # noqa: BLE001
             err = PluginError(impl.plugin_name, hook_name, _describe(exc))
             self.errors.append(err)
-            print(f"advplug: warning: {err}", file=sys.stderr)
+            warn(err)
             return False, None
 
     def call(self, hook_name: str, **kwargs) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import MODEL_FORMAT, atomic_save, safe_load
-from .errors import AdvplugError
+from .errors import AdvplugError, warn
 from .params import parse_spec
 
 _SET_BY_ADVPLUG = ("num_classes", "in_channels", "mean", "std", "input_size")
@@ -152,7 +152,7 @@ def load_external_model(dataset_spec, registry, *, arch=None, factory=None, weig
     spec.update({"weights": str(weights_file) if weights_file else None, "random_init": bool(random_init),
                  "logits_key": logits_key, "label": f"{arch or factory} ({source})"})
     if random_init:
-        print(f"advplug: warning: {what} is evaluated with random, untrained weights (--random-init)", flush=True)
+        warn(f"{what} is evaluated with random, untrained weights (--random-init)")
     return model, spec
 
 
@@ -235,5 +235,5 @@ def _check_output(model, dataset_spec, what, logits_key):
                            f"labels {out.shape[1]}..{classes - 1} could never be predicted (a model for another "
                            f"dataset? pass --dataset)")
     if out.shape[1] > classes:
-        print(f"advplug: warning: {what} returns {out.shape[1]} logits for {dataset_spec.name}'s {classes} classes; "
-              f"predictions of the extra ones count as wrong", flush=True)
+        warn(f"{what} returns {out.shape[1]} logits for {dataset_spec.name}'s {classes} classes; predictions of "
+             f"the extra ones count as wrong")

@@ -87,8 +87,8 @@ def test_cli_marks_the_nan_cell_and_says_how_many(standard_model_path, data_root
     register("nan-fgsm", nan_every_third())
     assert cli.main(["eval", "--model", str(standard_model_path), "--attacks", "nan-fgsm", "--test-subset", "30",
                      "--data-root", str(data_root), "--out", str(tmp_path), "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "warning: model run/model.pt / attack nan-fgsm: returned non-finite values (NaN/inf) for 10 of 30" in out
+    err = capsys.readouterr().err
+    assert "warning: model run/model.pt / attack nan-fgsm: returned non-finite values (NaN/inf) for 10 of 30" in err
     row = json.loads((tmp_path / "eval.json").read_text())["models"]["run/model.pt"]["attacks"][0]
     assert row["nonfinite_samples"] == 10
     assert f"{row['robust_acc']:.2f}*" in (tmp_path / "eval.md").read_text()
@@ -194,8 +194,7 @@ def test_random_init_is_evaluated_only_on_purpose_and_says_so(tmp_path, data_roo
     common = ["--dataset", "mnist", "--attacks", "fgsm", "--test-subset", "16", "--data-root", str(data_root),
               "--no-progress"]
     assert cli.main(["eval", "--arch", "mnist-cnn", "--random-init", "--out", str(tmp_path / "r"), *common]) == 0
-    out = capsys.readouterr().out
-    assert "random, untrained weights (--random-init)" in out
+    assert "random, untrained weights (--random-init)" in capsys.readouterr().err
     assert "mnist-cnn (random init)" in json.loads((tmp_path / "r" / "eval.json").read_text())["models"]
     # the current directory is importable, and --weights none takes the factory's own weights
     assert cli.main(["eval", "--model-factory", f"{module}:build", "--weights", "none",
