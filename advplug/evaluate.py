@@ -83,7 +83,12 @@ def resolve_attacks(registry, attacks: str, threat: Threat) -> list[AttackSpec]:
     specs = []
     for text in split_attack_list(attacks):
         entry, _info, params = resolve_attack(registry, text, threat)
-        specs.append(AttackSpec(text, entry.name, params))
+        spec = AttackSpec(text, entry.name, params)
+        twin = next((s for s in specs if s.identity == spec.identity), None)
+        if twin is not None:  # one table column per attack: a second one would hide the first's number
+            same = "is given twice" if twin.text == text else f"is the same attack as {twin.text!r}"
+            raise AdvplugError(f"attack {text!r} {same} (attack {entry.name} with {params}); give each attack once")
+        specs.append(spec)
     if not specs:
         raise AdvplugError(f"no attacks in {attacks!r}; e.g. --attacks fgsm,pgd:steps=20")
     return specs

@@ -141,6 +141,15 @@ def test_a_batchnorm_update_by_an_attack_is_caught_too(test_set):
         evaluate_model(model, test_set, "train-mode", Threat("Linf", 0.3), get_host().registry)
 
 
+def test_the_same_attack_twice_is_one_error_not_one_column_hiding_the_other(test_set):
+    """Two spellings of one attack once shared a table column that showed only the second result."""
+    for attacks, said in (("pgd:steps=10,fgsm,pgd:steps=10", "'pgd:steps=10' is given twice"),
+                          ("pgd,torchattacks:pgd:steps=10", "is the same attack as 'pgd'")):
+        with pytest.raises(AdvplugError, match=said):
+            evaluate_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), test_set, attacks, Threat("Linf", 0.3),
+                           get_host().registry)
+
+
 # -- item 3: unique labels -----------------------------------------------------------------
 
 def test_labels_are_the_shortest_distinguishing_path(tmp_path, monkeypatch):
