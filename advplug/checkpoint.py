@@ -17,12 +17,21 @@ MODEL_FORMAT = "advplug-model"
 def atomic_save(obj, path) -> Path:
     """torch.save to a temporary file beside ``path``, fsync, then rename over it: a crash
     leaves either the old file or the new one, never a torn one."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """``path.write_text(text)``, atomically as :func:`atomic_save`."""
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -303,6 +303,12 @@ def _add_eval(sub):
     p.set_defaults(func=cmd_eval)
 
 
+def _check_external_model_flags(args):
+    """--weights, --random-init and --logits-key only mean something with --arch/--model-factory."""
+    if (args.weights or args.random_init or args.logits_key) and not (args.arch or args.model_factory):
+        raise AdvplugError("--weights, --random-init and --logits-key go with --arch or --model-factory")
+
+
 def _external_model(args, dataset_spec, registry):
     """(model, spec) from --arch/--model-factory with --weights FILE|none or --random-init."""
     from .modelio import load_external_model
@@ -320,6 +326,7 @@ def cmd_eval(args) -> int:
     from .rundir import check_output_dir
 
     check_output_dir(args.out)
+    _check_external_model_flags(args)
     registry = get_host().registry
     device = resolve_device(args.device)
     paths = [*args.models, *args.more_models]
@@ -331,8 +338,6 @@ def cmd_eval(args) -> int:
             raise AdvplugError("--arch/--model-factory need --dataset")
         model, spec = _external_model(args, registry.get("datasets", dataset), registry)
         models[spec["label"]] = (model, spec)
-    elif args.weights or args.random_init or args.logits_key:
-        raise AdvplugError("--weights, --random-init and --logits-key go with --arch or --model-factory")
     if not models:
         raise AdvplugError("nothing to evaluate: pass --model FILE, --models A B ..., or --arch/--model-factory with --weights")
     try:
@@ -396,8 +401,7 @@ def cmd_benchmark(args) -> int:
         raise AdvplugError("pass exactly one of --model, --robustbench-model, --arch or --model-factory"
                            + (f" (got {', '.join(chosen)})" if chosen else ""))
     check_output_dir(args.out)
-    if (args.weights or args.random_init or args.logits_key) and not (args.arch or args.model_factory):
-        raise AdvplugError("--weights, --random-init and --logits-key go with --arch or --model-factory")
+    _check_external_model_flags(args)
     device = resolve_device(args.device)
     if args.model:
         bm = bench.advplug_model(args.model, args.dataset, device, args.name)

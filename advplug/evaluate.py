@@ -26,7 +26,7 @@ from .attacks.base import build_attack, eval_frozen, resolve_attack, split_attac
 from .data import load_split, subset_indices
 from .errors import AdvplugError, warn
 from .fingerprint import changed_tensors, json_digest, model_identity, state_digests
-from .threat import Threat
+from .threat import Threat, parse_norm
 
 #: the seed study's MNIST protocol: FGSM and 20-step PGD at Linf ε = 0.3, CW-L2 with 30
 #: iterations, DeepFool (minimal-perturbation attacks projected onto the ε-ball)
@@ -100,15 +100,11 @@ def _batches(test: TestSet, batch_size, device):
         yield start, x, test.y[start:start + batch_size].to(device)
 
 
-def check_logits(logits: torch.Tensor, what: str) -> None:
-    """One error when any logit is NaN or inf: such a model's accuracy means nothing
-    (``argmax`` of NaN picks a class, and that counted as correct ~10% of the time)."""
-    finite = torch.isfinite(logits).all(dim=-1)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise AdvplugError(f"{what}: the model returned non-finite logits (NaN/inf) for {bad} of {len(finite)} "
-                           f"inputs; its accuracy would be meaningless (diverged training, or a numerical "
-                           f"problem in the model)")
+def nonfinite_logits_error(what: str, bad: int, total: int) -> AdvplugError:
+    """Non-finite logits mean nothing (``argmax`` of NaN picks a class, and that counted as
+    correct ~10% of the time): one error instead of an accuracy."""
+    return AdvplugError(f"{what}: the model returned non-finite logits (NaN/inf) for {bad} of {total} inputs; "
+                        f"its accuracy would be meaningless (diverged training, or a numerical problem in the model)")
 
 
 def predictions_correct(model, test, batch_size, device, attack=None, desc=None, progress=False,
@@ -121,8 +117,11 @@ def predictions_correct(model, test, batch_size, device, attack=None, desc=None,
             x = attack(x, y)
         with torch.no_grad():
             logits = model(x)
-        check_logits(logits, what)
-        out[start:start + len(y)] = (logits.argmax(1) == y).cpu()
+        # one transfer per batch: correct and finite together
+        correct, finite = torch.stack([logits.argmax(1) == y, torch.isfinite(logits).all(1)]).cpu()
+        if not finite.all():
+            raise nonfinite_logits_error(what, int((~finite).sum()), len(finite))
+        out[start:start + len(y)] = correct
         bar.update(len(y))
     bar.close()
     return out
@@ -149,8 +148,9 @@ def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, 
     identity = model_identity(model, digests, spec)
     clean = predictions_correct(model, test, batch_size, device, what=f"model {name} on clean test images")
     rows, worst = [], clean.clone()
+    libraries = _library_versions() if store is not None else None
     for attack_spec in attacks:
-        key = _result_key(identity, attack_spec, threat, test, seed, batch_size)
+        key = _result_key(identity, attack_spec, threat, test, seed, batch_size, libraries)
         stored = store.get(key) if store is not None else None
         if stored is not None:
             row, correct, when = stored
@@ -176,13 +176,17 @@ def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, 
     }
 
 
-def _result_key(identity, attack_spec, threat, test, seed, batch_size) -> dict:
+def _result_key(identity, attack_spec, threat, test, seed, batch_size, libraries) -> dict:
+    return {"model": identity, "attack": attack_spec.identity, "threat": {"norm": threat.norm, "eps": threat.eps},
+            "test": test.identity, "seed": seed, "batch_size": batch_size, "versions": libraries}
+
+
+def _library_versions() -> dict:
+    """The versions of the libraries that compute a result (part of its stored key)."""
     from .manifest import versions
 
     known = versions()
-    return {"model": identity, "attack": attack_spec.identity, "threat": {"norm": threat.norm, "eps": threat.eps},
-            "test": test.identity, "seed": seed, "batch_size": batch_size,
-            "versions": {k: known.get(k) for k in RESULT_VERSIONS}}
+    return {k: known.get(k) for k in RESULT_VERSIONS}
 
 
 def _attack_row(model, test, attack_spec, threat, registry, batch_size, device, seed, progress, name, digests):
@@ -271,7 +275,7 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise AdvplugError(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
     spec = registry.get("datasets", dataset)
-    threat = Threat(norm, spec.default_eps(Threat(norm, 0).norm) if eps is None else eps)
+    threat = Threat(norm, spec.default_eps(parse_norm(norm)) if eps is None else eps)
     warning = threat_warning(threat, spec)
     if warning:
         warn(warning)

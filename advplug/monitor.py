@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torchattacks
 
-from .errors import AdvplugError
 from .threat import Threat
 
 
@@ -44,9 +43,10 @@ def clean_and_pgd_accuracy(model, images, labels, threat: Threat, steps: int, ba
     finally:
         model.train(was_training)
     if nonfinite.item():
-        raise AdvplugError(f"the model returned non-finite logits (NaN/inf) for {int(nonfinite.item())} inputs "
-                           f"of {len(labels)} monitored samples: its accuracy would be meaningless (diverged "
-                           f"training? lower the learning rate)")
+        from .evaluate import nonfinite_logits_error
+
+        raise nonfinite_logits_error(f"{len(labels)} samples, clean{' and PGD' if attack is not None else ''}",
+                                     int(nonfinite.item()), len(labels) * (2 if attack is not None else 1))
     n = max(len(labels), 1)
     clean_acc = 100.0 * clean.item() / n
     robust_acc = 100.0 * robust.item() / n if attack is not None else (clean_acc if steps else None)

@@ -10,12 +10,11 @@ indices, the seed, the batch size and the versions of the libraries that compute
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .checkpoint import atomic_write_text
 from .errors import AdvplugError
 from .fingerprint import json_digest
 from .manifest import now
@@ -49,16 +48,12 @@ class ResultStore:
         return record["row"], torch.tensor([c == "1" for c in flags], dtype=torch.bool), record["time"]
 
     def put(self, key: dict, row: dict, correct: torch.Tensor) -> Path:
-        """Write one finished result atomically (temporary file + rename)."""
+        """Write one finished result atomically (a crash leaves no torn file)."""
         path = self.path(key)
         record = {"format": FORMAT, "key": _jsonable(key), "time": now(), "row": row,
                   "correct": "".join("1" if c else "0" for c in correct.tolist())}
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(record) + "\n")
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(record) + "\n")
         except OSError as exc:
             raise AdvplugError(f"cannot write the evaluation result {path}: {exc}") from None
         return path

@@ -110,48 +110,47 @@ def settings_difference(saved: dict, wanted: dict) -> list[str]:
             if saved.get(key) != wanted.get(key)]
 
 
-def _train_variant(label: str, config, host=None, overwrite: bool = False) -> list[dict]:
-    """Train one variant into ``config.out``, or reuse / resume the run there when it was
-    started with the same training settings. A run there with other settings is refused
-    with the difference listed (``overwrite``: it is retrained)."""
+def _train_variant(label: str, config, host=None) -> list[dict]:
+    """Train one variant into ``config.out``, or reuse / resume the run there; a run there
+    that :func:`_conflict` finds (other settings) is retrained -- ``run_study`` has refused
+    those already unless ``--overwrite``."""
     from .engine import train
-    from .rundir import run_files
 
     run_dir = Path(config.out)
-    saved = _saved_config(run_dir)
-    found = run_files(run_dir)
-    if found and saved is None and not overwrite:
-        raise AdvplugError(f"study variant {label}: {run_dir} holds a run ({', '.join(found[:2])}) without a readable "
-                           f"config.json, so how it was trained cannot be checked; use another --out, or "
-                           f"--overwrite to retrain it")
-    if found and settings_difference(saved or {}, config.to_dict()):
-        if not overwrite:
-            diff = "; ".join(settings_difference(saved, config.to_dict()))
-            raise AdvplugError(f"study variant {label}: {run_dir} holds a run trained with other settings ({diff}); "
-                               f"use another --out for the new settings, or --overwrite to retrain it")
-        print(f"[study] {label}: retraining {run_dir} (--overwrite; its settings differed)", flush=True)
+    conflict = _conflict(config)
+    if conflict:
+        print(f"[study] {label}: retraining {run_dir} (--overwrite; {conflict})", flush=True)
         train(config, host=host, overwrite=True)
-    elif found and (run_dir / "model.pt").is_file() and (run_dir / "final_eval.json").is_file():
+    elif (run_dir / "model.pt").is_file() and (run_dir / "final_eval.json").is_file():
         print(f"[study] {label}: reusing the finished run in {run_dir}", flush=True)
-    elif (run_dir / "checkpoints" / "last.pt").is_file() and saved is not None:
+    elif (run_dir / "checkpoints" / "last.pt").is_file():
         print(f"[study] {label}: resuming {run_dir}", flush=True)
         train(resume=run_dir, host=host)
     else:
         print(f"[study] {label}: training into {run_dir}", flush=True)
-        train(config, host=host, overwrite=overwrite or bool(found))
+        train(config, host=host, overwrite=True)  # nothing of value there (no model, no checkpoint)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _refuse_other_settings(configs: dict) -> None:
-    """One error listing every variant whose directory holds a run with other settings."""
+def _conflict(config) -> str | None:
+    """Why the run in ``config.out`` cannot be reused or resumed for ``config``: its training
+    settings differ ('epochs 1 -> 2; ...'), or it has a model or checkpoint but no readable
+    config.json; None when there is no run or it matches."""
     from .rundir import run_files
 
-    conflicts = []
-    for label, cfg in configs.items():
-        saved = _saved_config(Path(cfg.out))
-        if run_files(cfg.out) and saved is not None and settings_difference(saved, cfg.to_dict()):
-            conflicts.append(f"{label} ({'; '.join(settings_difference(saved, cfg.to_dict()))})")
+    found = run_files(config.out)
+    if not found:
+        return None
+    saved = _saved_config(Path(config.out))
+    if saved is None:
+        return f"{', '.join(found[:2])} without a readable config.json, so how it was trained cannot be checked"
+    return "; ".join(settings_difference(saved, config.to_dict())) or None
+
+
+def _refuse_other_settings(configs: dict) -> None:
+    """One error listing every variant whose directory holds a run with other settings."""
+    conflicts = [f"{label} ({why})" for label, cfg in configs.items() if (why := _conflict(cfg))]
     if conflicts:
         out = Path(next(iter(configs.values())).out).parent.parent
         raise AdvplugError(f"{out} holds runs trained with other settings: {', '.join(conflicts)}; use another "
@@ -192,7 +191,7 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
         resolve_attacks(registry, attacks, cfg.threat)  # a bad attack fails now, not after training
     if not overwrite:
         _refuse_other_settings(configs)
-    histories = {label: _train_variant(label, cfg, host, overwrite) for label, cfg in configs.items()}
+    histories = {label: _train_variant(label, cfg, host) for label, cfg in configs.items()}
     any_cfg = next(iter(configs.values()))
     evaluation = _evaluate_variants(configs, out / "eval", attacks=attacks, test_subset=test_subset,
                                     eval_seed=eval_seed, batch_size=batch_size, progress=progress)

@@ -109,28 +109,21 @@ class CheckedAttack:
         if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
             raise AdvplugError(f"attack {self.name!r} returned {type(x_adv).__name__} of shape "
                                f"{getattr(x_adv, 'shape', None)}, expected a tensor shaped {tuple(x.shape)}")
-        x_adv, finite = self._finite_or_clean(x_adv.detach().to(x.device, x.dtype), x)
+        x_adv = x_adv.detach().to(x.device, x.dtype)
+        # a row holding NaN or inf is neither adversarial nor valid: it falls back to its clean
+        # input (counted as not fooled) and is counted in ``nonfinite``. NaN would otherwise pass
+        # the box and ball checks (every comparison with NaN is false) and count as fooling.
+        finite = torch.isfinite(x_adv.flatten(1)).all(1)
+        x_adv = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x_adv, x)
         if self.info.minimal:
             delta = (x_adv - x).flatten(1)
             norm = delta.abs().amax(1) if self.threat.norm == "Linf" else delta.norm(dim=1)
-            self.perturbation_norms.append(norm[finite].cpu())
+            self.perturbation_norms.append(torch.where(finite, norm, torch.nan))  # NaN: left out of the median
             x_adv = x + self.threat.project(x_adv - x, x)
-        self._check(x_adv, x)
+        self._check(x_adv, x, finite)
         self.samples += len(x)
         self.seconds += time.perf_counter() - start
         return x_adv
-
-    def _finite_or_clean(self, x_adv, x):
-        """A sample whose output holds NaN or inf is neither adversarial nor valid: it falls
-        back to its clean input (so it counts as not fooled) and is counted in ``nonfinite``.
-        NaN would otherwise slip through the box and ball checks (every comparison with NaN
-        is false) and count as a successful attack."""
-        finite = torch.isfinite(x_adv.flatten(1)).all(1)
-        bad = int((~finite).sum())
-        if bad:
-            self.nonfinite += bad
-            x_adv = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x_adv, x)
-        return x_adv, finite
 
     def nonfinite_note(self) -> str | None:
         """The report's sentence about non-finite outputs, if there were any."""
@@ -139,13 +132,16 @@ class CheckedAttack:
         return (f"returned non-finite values (NaN/inf) for {self.nonfinite} of {self.samples} samples; "
                 f"those samples kept their clean input (counted as not fooled by this attack)")
 
-    def _check(self, x_adv, x, tol=1e-5):
-        low, high = x_adv.min().item(), x_adv.max().item()
+    def _check(self, x_adv, x, finite, tol=1e-5):
+        """Count the non-finite rows and check box and ball, with one read from the device."""
+        d = (x_adv - x).flatten(1)
+        size = (d.abs().amax(1) if self.threat.norm == "Linf" else d.norm(dim=1)).max()
+        bad, low, high, size = torch.stack([(~finite).sum().to(x_adv.dtype), x_adv.min(), x_adv.max(),
+                                            size]).tolist()
+        self.nonfinite += int(bad)
         if low < -tol or high > 1 + tol:
             raise AdvplugError(f"attack {self.name!r} left the image box: x_adv in [{low:.4g}, {high:.4g}], "
                                f"not [0, 1]; the attack is broken or expects another input range")
-        d = (x_adv - x).flatten(1)
-        size = (d.abs().amax(1) if self.threat.norm == "Linf" else d.norm(dim=1)).max().item()
         if size > self.threat.eps + max(tol, 1e-4 * self.threat.eps):
             raise AdvplugError(f"attack {self.name!r} left the threat ball: {self.threat.norm} perturbation "
                                f"{size:.6g} > ε = {self.threat.eps:.6g}; its numbers would be invalid")
@@ -153,7 +149,8 @@ class CheckedAttack:
     @property
     def median_norm(self) -> float | None:
         """Median unprojected norm of a minimal attack's (finite) outputs."""
-        norms = torch.cat(self.perturbation_norms) if self.perturbation_norms else torch.empty(0)
+        norms = torch.cat(self.perturbation_norms).cpu() if self.perturbation_norms else torch.empty(0)
+        norms = norms[~norms.isnan()]
         return norms.median().item() if len(norms) else None
 
 
@@ -171,7 +168,7 @@ def resolve_attack(registry, spec: str, threat: Threat, defaults: dict | None = 
         raise AdvplugError(f"attack {entry.name!r} does not support the {threat.norm} threat model "
                            f"(supports {', '.join(info.norms)})")
     if info.params is not None:
-        params = check_params(f"attack {parse_spec(spec)[0]!r}", params, info.params)
+        params = check_params(f"attack {name!r}", params, info.params)
     return entry, info, params
 
 

@@ -29,7 +29,6 @@ leaves open:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -45,6 +44,7 @@ from ..attacks.autoattack_adapter import LOGGER_NAME, isolated_rng_and_trace
 from ..attacks.base import eval_frozen
 from ..data import BUILTIN_DATASETS, check_split_files, resolve_data_root
 from ..errors import AdvplugError
+from ..fingerprint import json_digest, state_digests
 from .compat import import_robustbench, official_autoattack
 from .model_info import check_threat
 from .resumable_autoattack import load_state, run_autoattack
@@ -144,11 +144,9 @@ def _corruption_data_check(dataset, data_dir):
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the weights, so a resumed evaluation is refused for another model."""
-    digest = hashlib.sha256()  # values only: a wrapper (DataParallel, ...) keeps the fingerprint
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A short hash of the weights, so a resumed evaluation is refused for another model.
+    Tensor digests only, not their names: a wrapper (DataParallel, ...) keeps the fingerprint."""
+    return json_digest(list(state_digests(model).values()))[:16]
 
 
 def _check_resume(out_dir: Path, settings: dict) -> bool:
