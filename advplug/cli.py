@@ -49,6 +49,7 @@ def _add_training_args(p):
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--lr-schedule", help="constant, multistep, cyclic, onecycle, cosine")
     p.add_argument("--lr-milestones", help="comma-separated epochs for multistep, e.g. 50,75")
+    p.add_argument("--lr-peak", type=float, help="cyclic: fraction of training where the LR peaks (default 0.4)")
     p.add_argument("--train-subset", type=int, help="train on N fixed samples (indices from --seed)")
     p.add_argument("--test-subset", type=int, help="evaluate on N fixed test samples (indices from --eval-seed)")
     p.add_argument("--monitor-size", type=int, help="held-out samples for the per-epoch PGD check (0: off)")
@@ -62,6 +63,9 @@ def _add_training_args(p):
     p.add_argument("--no-verify-checksums", action="store_true",
                    help="load local dataset copies that fail torchvision's md5 check (re-packed copies)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--amp", help="bf16: mixed-precision training step on CUDA (CPU training stays fp32)")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels-last memory format for the model and batches (GPU speed)")
     p.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep every epoch's checkpoint")
     p.add_argument("--keep-best", action="store_true", default=None,
                    help="early stopping: the final model is the epoch with the best held-out PGD accuracy")
@@ -78,7 +82,8 @@ def _training_overrides(args) -> dict:
         "dataset": args.dataset, "model": args.model, "norm": args.norm, "eps": args.eps,
         "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
         "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
-        "lr_schedule": args.lr_schedule, "train_subset": args.train_subset,
+        "lr_schedule": args.lr_schedule, "lr_peak": args.lr_peak, "amp": args.amp,
+        "channels_last": args.channels_last, "train_subset": args.train_subset,
         "test_subset": args.test_subset, "monitor_size": args.monitor_size,
         "eval_steps": args.eval_steps, "seed": args.seed, "eval_seed": args.eval_seed,
         "data_root": args.data_root, "download": args.download, "device": args.device,
@@ -462,6 +467,67 @@ def _print_leaderboard(leaderboard_dir, dataset, threat, result, fmt, rank_only=
     print(lb.render(rows, fmt))
 
 
+def _add_recipes(sub):
+    p = sub.add_parser("recipes", help="list the shipped recipes (published settings with the numbers they should "
+                                       "reproduce), or print one")
+    p.add_argument("name", nargs="?", help="print this recipe's file")
+    p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("reproduce", help="train recipes over seeds, evaluate, and check against the published numbers",
+                       description="Train each recipe over its seeds, evaluate every seed on the same test images, "
+                                   "and print published vs measured with 95% confidence intervals. Finished seeds "
+                                   "are reused, interrupted ones resumed: rerun the same command to continue.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="recipe(s); several: one report and time ratios "
+                                                            "against the first")
+    p.add_argument("--seeds", help="e.g. 0,1,2 or 0-4 (default: the recipe's)")
+    p.add_argument("--quick", action="store_true", help="minutes-long smoke version (few images, one epoch, a "
+                                                        "cheap attack): checks the pipeline, reproduces nothing")
+    p.add_argument("--n-eval", type=int, help="test images (default: the recipe's, 1,000)")
+    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", help="bf16: mixed-precision training on CUDA")
+    p.add_argument("--data-root")
+    p.add_argument("--no-verify-checksums", action="store_true",
+                   help="load local dataset copies that fail torchvision's md5 check (re-packed copies)")
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true", help="retrain seeds whose runs have other settings")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_recipes(args) -> int:
+    from .recipes import load_recipes, recipe_text
+
+    if args.name:
+        print(recipe_text(args.name), end="")
+        return 0
+    recipes = load_recipes()
+    width = max(map(len, recipes))
+    for name, r in recipes.items():
+        t = r.train
+        published = ", ".join(f"{p.metric} {p.value:.2f}" for p in r.published) or "no published number"
+        print(f"{name:<{width}}  {r.hardware}  {t.get('dataset')} {t.get('model')} {t.get('trainer')}, "
+              f"{t.get('epochs')} epochs  | published: {published}")
+        print(f"{'':<{width}}       {r.title}")
+    print("\nadvplug recipes NAME prints one; advplug reproduce NAME [--seeds 0-4] [--quick] runs it")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .engine import RunInterrupted
+    from .reproduce import run_reproduce
+
+    try:
+        run_reproduce(args.names, args.seeds, quick=args.quick, n_eval=args.n_eval, out=args.out,
+                      device=args.device, amp=args.amp, overwrite=args.overwrite, data_root=args.data_root,
+                      verify_checksums=not args.no_verify_checksums, batch_size=args.eval_batch_size,
+                      progress=not args.no_progress and sys.stderr.isatty())
+    except (RunInterrupted, KeyboardInterrupt):
+        print("\ninterrupted; finished seeds and evaluations are kept: run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -475,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(sub)
     _add_overfitting(sub)
     _add_plugins(sub)
+    _add_recipes(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "multistep", "cyclic", "onecycle", "cosine")
+AMP_DTYPES = ("bf16",)  # bf16 needs no loss scaling; fp16 would
 #: dict keys whose overrides merge into the file's dict (other dicts, e.g. trainer_params,
 #: belong to one named trainer/schedule and are replaced whole)
 MERGED_KEYS = ("model_params", "augment")
@@ -50,6 +51,7 @@ class TrainConfig:
     lr_schedule: str | None = None
     lr_milestones: list = field(default_factory=list)  # epochs (floats allowed); multistep
     lr_gamma: float = 0.1
+    lr_peak: float = 0.4  # cyclic: fraction of training at which the LR peaks (Wong et al.: MNIST 0.4, CIFAR 0.5)
     # data
     data_root: str | None = None
     download: bool = False
@@ -68,6 +70,8 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
+    amp: str | None = None  # "bf16": the training step (the trainer's attacks included) under CUDA autocast
+    channels_last: bool = False  # model and batches in channels-last memory format (faster convs on GPUs)
     out: str = "runs/latest"
     keep_checkpoints: bool = False  # also keep checkpoints/epoch_NNN.pt
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
@@ -112,6 +116,11 @@ class TrainConfig:
             raise AdvplugError("keep_best and co_guard watch the held-out PGD monitor: set monitor_size > 0")
         if self.co_guard is not None and not 0 < float(self.co_guard) <= 100:
             raise AdvplugError(f"co_guard is a drop in accuracy points in (0, 100], got {self.co_guard}")
+        if not 0 < float(self.lr_peak) < 1:
+            raise AdvplugError(f"lr_peak is the fraction of training where the cyclic LR peaks, in (0, 1), "
+                               f"got {self.lr_peak}")
+        if self.amp is not None and str(self.amp).lower() not in AMP_DTYPES:
+            raise AdvplugError(f"amp must be one of {', '.join(AMP_DTYPES)} (or unset for fp32), got {self.amp!r}")
         if self.sampler and self.trainer != "standard":
             raise AdvplugError(f"--sampler replaces the trainer's inner maximization; leave --trainer out "
                                f"(standard), got trainer {self.trainer!r} with sampler {self.sampler!r}")

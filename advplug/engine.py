@@ -2,6 +2,8 @@
 per-epoch metrics, monitor, atomic checkpoints, exact resume and lifecycle hooks."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import random
@@ -24,6 +26,7 @@ from .monitor import clean_and_pgd_accuracy
 from .params import check_params
 from .plots import plot_overfitting
 from .rundir import check_output_dir, prepare_run_dir
+from .stats import accuracy_interval, format_accuracy
 from .threat import threat_warning
 from .trainers.sampled import SampledTrainer
 
@@ -74,6 +77,18 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def training_autocast(cfg: TrainConfig, device: torch.device):
+    """A context for the training step: CUDA autocast in ``cfg.amp``'s dtype, or nothing.
+    The monitor and the test evaluation stay fp32, so the numbers a run reports are
+    full-precision ones."""
+    if not cfg.amp:
+        return contextlib.nullcontext
+    if device.type != "cuda":
+        raise AdvplugError(f"--amp {cfg.amp} is mixed precision on CUDA; this run is on {device.type}, where "
+                           f"training stays fp32: drop --amp (or pass --device cuda on a GPU machine)")
+    return functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+
+
 def make_optimizer(cfg: TrainConfig, params):
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -92,11 +107,23 @@ def make_lr_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
         return sched.MultiStepLR(optimizer, [int(m * steps_per_epoch) for m in milestones], cfg.lr_gamma)
     if cfg.lr_schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=total)
-    if cfg.lr_schedule == "cyclic":  # Wong et al.: linear 0 -> lr over 2/5 of training, then -> 0
-        return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.4,
-                                anneal_strategy="linear", div_factor=1e4, final_div_factor=1e4,
-                                cycle_momentum=False)
+    if cfg.lr_schedule == "cyclic":
+        return sched.LambdaLR(optimizer, cyclic_factor(total, cfg.lr_peak))
     return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, cycle_momentum=False)
+
+
+def cyclic_factor(total_steps: int, peak: float):
+    """Wong et al.'s cyclic LR as a factor of the peak LR for batch ``step`` (0-based):
+    linear from 0 up to 1 at ``peak`` of training, then down to 0 at its end. Batch i is
+    trained with the value at the end of it, (i + 1) / total, as their MNIST script's
+    ``lr_schedule(epoch + (i + 1) / len(loader))``; past the end it stays 0."""
+    up = peak * total_steps
+
+    def factor(step: int) -> float:
+        t = step + 1
+        return t / up if t <= up else max(0.0, (total_steps - t) / (total_steps - up))
+
+    return factor
 
 
 def schedule_progress(epoch: int, epochs: int) -> float:
@@ -157,6 +184,9 @@ class Run:
 
         self.spec = model_spec(cfg, self.dataset)
         self.model = build_model(self.spec, reg).to(self.device)
+        self.autocast = training_autocast(cfg, self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if sampler is not None:  # the sampler composes the batches; the trainer takes the CE on them
             self.trainer = SampledTrainer(self.model, cfg.threat, sampler, name=cfg.sampler, **cfg.trainer_params)
         else:
@@ -240,7 +270,10 @@ class Run:
         bar = tqdm(total=len(self.loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not show, leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(self.loader):
-            out = trainer.step(x, y)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                out = trainer.step(x, y)
             if not trainer.updates_model:
                 self.optimizer_step(out.loss)
             n = y.shape[0]
@@ -408,9 +441,13 @@ class Run:
                   "pgd_steps": cfg.eval_steps, "pgd_acc": pgd,
                   "attack": f"torchattacks PGD{'L2' if cfg.norm == 'L2' else ''}, "
                             f"alpha=2.5*eps/steps, random start, eval mode"}
-        line = f"test ({len(self.test_idx)} samples): clean {clean:.2f}%"
+        n = len(self.test_idx)
+        result["clean_ci95"] = list(accuracy_interval(clean, n))
+        line = f"test ({n} samples): clean {format_accuracy(clean, n)}"
         if pgd is not None:
-            line += f", PGD-{cfg.eval_steps} ({cfg.threat}) {pgd:.2f}%"
+            result["pgd_ci95"] = list(accuracy_interval(pgd, n))
+            line += f", PGD-{cfg.eval_steps} ({cfg.threat}) {format_accuracy(pgd, n)}"
+        line += " (95% CI)"
         print(line, flush=True)
         return result
 

@@ -69,14 +69,16 @@ class Threat:
             return step * grad.sign()
         return step * grad / _l2(grad).clamp_min(1e-12)
 
+    def project_ball(self, delta: torch.Tensor) -> torch.Tensor:
+        """Project δ onto the ε-ball only (x + δ may leave [0, 1])."""
+        if self.norm == "Linf":
+            return delta.clamp(-self.eps, self.eps)
+        norms = _l2(delta)
+        return delta * (self.eps / norms.clamp_min(1e-12)).clamp(max=1.0)
+
     def project(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Project δ onto the ε-ball and so that x + δ stays in [0, 1]."""
-        if self.norm == "Linf":
-            delta = delta.clamp(-self.eps, self.eps)
-        else:
-            norms = _l2(delta)
-            delta = delta * (self.eps / norms.clamp_min(1e-12)).clamp(max=1.0)
-        return (x + delta).clamp(0.0, 1.0) - x
+        return (x + self.project_ball(delta)).clamp(0.0, 1.0) - x
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-5) -> bool:
         """True when x_adv is in [0, 1] and inside the ball around x."""

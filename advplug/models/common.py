@@ -32,6 +32,11 @@ def activation_factory(activation):
         ) from None
 
 
+def check_width(model: str, width) -> None:
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise AdvplugError(f"model {model!r}: width must be a whole number >= 1, got {width!r}")
+
+
 class Normalize(nn.Module):
     """(x - mean) / std per channel, as the first layer: the model takes [0, 1] inputs."""
 

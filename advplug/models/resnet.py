@@ -2,7 +2,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Normalize, activation_factory
+from .common import Normalize, activation_factory, check_width
 
 
 class BasicBlock(nn.Module):
@@ -26,21 +26,25 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
+    """``width``: channels of the first stage (64 in the paper; the stages have width,
+    2, 4 and 8 times it), to shrink the network for CPU-sized experiments."""
+
     def __init__(self, num_classes=10, in_channels=3, mean=(0.0,), std=(1.0,), activation="relu",
-                 input_size=32):  # input_size unused: the network is size-agnostic
+                 input_size=32, width=64):  # input_size unused: the network is size-agnostic
         super().__init__()
+        check_width("resnet18", width)
         act = activation_factory(activation)
         self.normalize = Normalize(mean, std)
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.act = act()
-        layers, in_planes = [], 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers, in_planes = [], width
+        for planes, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
             layers.append(nn.Sequential(BasicBlock(in_planes, planes, stride, act),
                                         BasicBlock(planes, planes, 1, act)))
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(8 * width, num_classes)
 
     def forward(self, x):
         out = self.act(self.bn1(self.conv1(self.normalize(x))))

@@ -75,27 +75,38 @@ class Trainer:
         pass
 
 
-def perturbation(model, x, y, threat: Threat, steps: int, alpha: float, random_start: bool = True):
+def perturbation(model, x, y, threat: Threat, steps: int, alpha: float, random_start: bool = True,
+                 box_start: bool = True, stop_when_fooled: bool = False):
     """Inner maximization by projected steepest ascent on the cross-entropy loss.
 
     ``steps=1, alpha=1.25ε, random_start=True`` is FGSM-RS; more steps are PGD. Runs in
     the model's current mode (training mode during training, as in Madry et al. and Wong
     et al.) and differentiates with respect to δ only, so no parameter gradient is touched.
+    ``box_start=False`` takes the first gradient at the random start clipped to the ε-ball
+    only (x + δ may leave [0, 1] there; Wong et al.'s MNIST script); every step is
+    projected onto the ball and the box. ``stop_when_fooled`` leaves a sample's δ as it
+    is once the model misclassifies it (Wong et al.'s PGD baseline).
     """
     delta = threat.random_init(x) if random_start else torch.zeros_like(x)
-    delta = threat.project(delta, x)
+    delta = threat.project(delta, x) if box_start else threat.project_ball(delta)
     for _ in range(steps):
-        grad = input_gradient(model, x, y, delta)
-        delta = threat.project(delta + threat.ascent(grad, alpha), x)
+        grad, logits = input_gradient(model, x, y, delta, with_logits=True)
+        stepped = threat.project(delta + threat.ascent(grad, alpha), x)
+        if stop_when_fooled:
+            correct = (logits.argmax(1) == y).view(-1, *([1] * (x.dim() - 1)))
+            stepped = torch.where(correct, stepped, delta)
+        delta = stepped
     return delta.detach()
 
 
-def input_gradient(model, x, y, delta, create_graph: bool = False) -> torch.Tensor:
+def input_gradient(model, x, y, delta, create_graph: bool = False, with_logits: bool = False):
     """∇_δ of the cross-entropy at ``x + δ``, taken with ``torch.autograd.grad`` with
     respect to δ only, so no parameter's ``.grad`` is touched. ``create_graph=True``
     keeps the result differentiable in the parameters (double backpropagation, for
-    gradient regularizers such as GradAlign); otherwise it is detached."""
+    gradient regularizers such as GradAlign); otherwise it is detached. ``with_logits``:
+    (gradient, the detached logits at x + δ)."""
     delta = delta.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x + delta), y)
+    logits = model(x + delta)
+    loss = F.cross_entropy(logits, y)
     (grad,) = torch.autograd.grad(loss, delta, create_graph=create_graph)
-    return grad
+    return (grad, logits.detach()) if with_logits else grad

@@ -1,6 +1,6 @@
 import torch.nn.functional as F
 
-from ..params import number
+from ..params import flag, number
 from .base import StepOutput, Trainer, perturbation
 
 
@@ -9,10 +9,13 @@ class FGSMRSTrainer(Trainer):
     from a uniform random start in the ε-ball (``alpha_ratio`` scales ε)."""
 
     name = "fgsm-rs"
-    defaults = {"alpha_ratio": number(1.25, low=0, low_open=True, help="step size as a multiple of ε")}
+    defaults = {"alpha_ratio": number(1.25, low=0, low_open=True, help="step size as a multiple of ε"),
+                "box_start": flag(True, help="clip the random start into [0, 1] before the gradient (Wong et al.'s "
+                                             "CIFAR script does; their MNIST script does not)")}
 
     def step(self, x, y):
         alpha = self.params["alpha_ratio"] * self.threat.eps
-        delta = perturbation(self.model, x, y, self.threat, 1, alpha, random_start=True)
+        delta = perturbation(self.model, x, y, self.threat, 1, alpha, random_start=True,
+                             box_start=self.params["box_start"])
         logits = self.model(x + delta)
         return StepOutput(F.cross_entropy(logits, y), logits)

@@ -10,7 +10,8 @@ One step on a batch (x, y), with f the target model and g the generator::
     δ   = Π(η + α · sign ∇ CE(f(x + η), y))        one FGSM step from it, α = alpha_ratio·ε
     loss = CE(f(x + δ), y)                         what the target minimizes (δ detached)
 
-Π is the threat's projection (ε-ball and [0, 1] box). Every ``k`` steps, at the start of
+Π is the threat's projection (ε-ball and [0, 1] box; ε-ball only with ``box_clip=false``,
+as the authors' code). Every ``k`` steps, at the start of
 the step, before the target's update on that batch, the generator takes one Adam step
 that *maximizes* the same loss: its gradient flows through η into x + δ (the sign term is
 a constant). Steps are counted over the whole run, so the generator is updated in step
@@ -23,28 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from advplug.errors import AdvplugError
-from advplug.params import check_params
+from advplug.params import choice, flag, integer, number
 from advplug.trainers.base import StepOutput, Trainer, input_gradient
 
 from .generator import InitGenerator
 
 GEN_LR_SCHEDULES = ("follow", "constant")
-
-
-def _number(name, value, low, high=None, integer=False, low_open=False):
-    """``value`` as a number in [low, high] (or (low, high] with ``low_open``), else one clear error."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and integer:
-        ok = int(value) == value
-    if ok:
-        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bound = f"> {low}" if low_open else f">= {low}"
-        if high is not None:
-            bound += f" and <= {high}"
-        raise AdvplugError(f"trainer 'fgsm-sdi': {name} must be {kind} {bound}, got {value!r}")
-    return int(value) if integer else float(value)
 
 
 class FGSMSDITrainer(Trainer):
@@ -55,13 +40,19 @@ class FGSMSDITrainer(Trainer):
 
     name = "fgsm-sdi"
     defaults = {
-        "k": 20,  # target updates per generator update (the authors' att_num)
-        "alpha_ratio": 1.0,  # FGSM step α = alpha_ratio · ε (authors: α = ε = 8/255)
-        "gen_lr": 1e-3,  # generator Adam learning rate (authors' lr_att)
-        "gen_weight_decay": 5e-4,  # generator Adam weight decay (authors' --weight-decay)
-        "gen_lr_schedule": "follow",  # "follow": decay with the target's multistep milestones; "constant"
-        "label_smoothing": 0.0,  # of the training loss (target and generator); torch's convention
-        "width": 64,  # generator hidden channels (authors: 64)
+        "k": integer(20, low=1, help="target updates per generator update (the authors' att_num)"),
+        "alpha_ratio": number(1.0, low=0, help="FGSM step α as a multiple of ε (authors: α = ε = 8/255)"),
+        "gen_lr": number(1e-3, low=0, low_open=True, help="generator Adam learning rate (authors' lr_att)"),
+        "gen_weight_decay": number(5e-4, low=0, help="generator Adam weight decay (authors' --weight-decay)"),
+        "gen_lr_schedule": choice("follow", GEN_LR_SCHEDULES,
+                                  help="follow: decay with the target's multistep milestones; constant (the "
+                                       "authors' code in effect: its generator scheduler never reaches them)"),
+        "label_smoothing": number(0.0, low=0, high=1,
+                                  help="of the training loss (target and generator), torch's convention; the "
+                                       "authors' factor f is 10(1-f)/9 here (f = 0.9: 1/9)"),
+        "box_clip": flag(True, help="keep x + η and x + δ in [0, 1] (advplug's projection); false: the ε-ball "
+                                    "only, as the authors' code, whose [0, 1] clamp is commented out"),
+        "width": integer(64, low=1, help="generator hidden channels (authors: 64)"),
     }
 
     def __init__(self, model, threat, **params):
@@ -69,31 +60,11 @@ class FGSMSDITrainer(Trainer):
         if self.threat.norm != "Linf":
             raise AdvplugError(f"trainer 'fgsm-sdi' supports the Linf threat model only, got {self.threat.norm} "
                                f"(its generator bounds η with ε·tanh); use --norm Linf")
-        self._validate()
         self.generator: InitGenerator | None = None
         self.gen_optimizer: torch.optim.Adam | None = None
         self.steps = 0  # step() calls so far, over the whole run
         self._losses: list = []  # generator loss (CE at x+δ, before its step) at each update
         self._reported = 0  # how many of them advplug_epoch_end already summarized
-
-    # -- parameters -------------------------------------------------------------------
-
-    def _validate(self):
-        p = self.params
-        p["k"] = _number("k", p["k"], 1, integer=True)
-        p["alpha_ratio"] = _number("alpha_ratio", p["alpha_ratio"], 0)
-        p["gen_lr"] = _number("gen_lr", p["gen_lr"], 0, low_open=True)
-        p["gen_weight_decay"] = _number("gen_weight_decay", p["gen_weight_decay"], 0)
-        p["label_smoothing"] = _number("label_smoothing", p["label_smoothing"], 0, 1)
-        p["width"] = _number("width", p["width"], 1, integer=True)
-        if str(p["gen_lr_schedule"]).lower() not in GEN_LR_SCHEDULES:
-            raise AdvplugError(f"trainer 'fgsm-sdi': gen_lr_schedule must be one of {', '.join(GEN_LR_SCHEDULES)}, "
-                               f"got {p['gen_lr_schedule']!r}")
-        p["gen_lr_schedule"] = str(p["gen_lr_schedule"]).lower()
-
-    def set_attack_params(self, **values):
-        super().set_attack_params(**values)
-        self._validate()
 
     # -- the generator ----------------------------------------------------------------
 
@@ -156,9 +127,12 @@ class FGSMSDITrainer(Trainer):
         eps = self.threat.eps
         self.generator.train(update)
         with torch.set_grad_enabled(update):
-            eta = self.threat.project(eps * self.generator(x, grad_sign), x)
+            eta = self._project(eps * self.generator(x, grad_sign), x)
         fgsm_sign = self._input_grad_sign(x + eta, y)
-        return eta, self.threat.project(eta + self.params["alpha_ratio"] * eps * fgsm_sign, x)
+        return eta, self._project(eta + self.params["alpha_ratio"] * eps * fgsm_sign, x)
+
+    def _project(self, delta, x):
+        return self.threat.project(delta, x) if self.params["box_clip"] else self.threat.project_ball(delta)
 
     def _update_generator(self, x, y, grad_sign):
         """One Adam step of the generator ascending CE(f(x + δ), y). Gradients are taken
