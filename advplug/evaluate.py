@@ -260,7 +260,7 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     those whose model, attack, threat, test images, seed and batch size all match."""
     from . import manifest
     from .host import get_host
-    from .report import reused_note, text_table, write_reports
+    from .report import interval_note, reused_note, text_table, write_reports
     from .result_store import ResultStore
     from .sanity import run_sanity_checks
     from .threat import threat_warning
@@ -298,6 +298,7 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     if any(reused.values()):
         meta["reused"] = {name: attacks for name, attacks in reused.items() if attacks}
     print(text_table(results))
+    print(interval_note(len(test.y)))
     for name, res in results.items():
         for row in res["attacks"]:
             if row.get("note"):

@@ -13,6 +13,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_overfitting(history: list[dict], path, monitor_steps: int = 10, title: str = "") -> Path | None:
     """Top: PGD accuracy per epoch on the held-out and the training monitor subsets (the
     gap and a sudden fall are catastrophic overfitting). Bottom: how often the training
@@ -77,9 +87,29 @@ def plot_overfitting_comparison(histories: dict[str, list[dict]], path, monitor_
     for ax in (top, bottom):
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
+
+
+def plot_heldout_by_group(groups: dict[str, dict], path, monitor_steps: int = 10, title: str = "") -> Path | None:
+    """Held-out PGD accuracy per epoch: one color per group (e.g. a recipe), one line per
+    member (e.g. a seed), so how many seeds of each method collapse shows at a glance."""
+    if not any("monitor_heldout_pgd_acc" in m for runs in groups.values() for h in runs.values() for m in h):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (group, runs) in enumerate(groups.items()):
+        for j, (member, history) in enumerate(runs.items()):
+            rows = [m for m in history if "monitor_heldout_pgd_acc" in m]
+            ax.plot([m["epoch"] for m in rows], [m["monitor_heldout_pgd_acc"] for m in rows], "o-", markersize=3,
+                    color=colors[i % len(colors)], alpha=0.8, label=group if j == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"held-out PGD-{monitor_steps} accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title or "held-out robust accuracy per epoch (one line per seed)")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(plt, fig, path)

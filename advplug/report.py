@@ -41,6 +41,28 @@ def markdown_table(results: dict) -> str:
     return "\n".join(out)
 
 
+def interval_note(samples: int) -> str:
+    """How precisely an accuracy on ``samples`` test images is known: the half-width of
+    the 95% Wilson interval at 50% and at 90% accuracy."""
+    from .stats import accuracy_interval
+
+    half = {p: (lambda lo_hi: (lo_hi[1] - lo_hi[0]) / 2)(accuracy_interval(p, samples)) for p in (50.0, 90.0)}
+    return (f"On {samples} test images an accuracy is known to about ±{half[50.0]:.1f} points near 50% and "
+            f"±{half[90.0]:.1f} near 90% (95% Wilson interval; each number's interval is in eval.json): "
+            f"smaller differences are not resolved by this subset.")
+
+
+def with_intervals(res: dict, samples: int) -> dict:
+    """A model's result with the 95% interval of its clean and of each attack's accuracy."""
+    from .stats import accuracy_interval
+
+    def ci(value):
+        return None if value is None else [round(v, 3) for v in accuracy_interval(value, samples)]
+
+    return {**res, "clean_ci95": ci(res.get("clean_acc")),
+            "attacks": [{**r, "ci95": ci(r.get("robust_acc"))} for r in res["attacks"]]}
+
+
 def reused_note(meta: dict) -> str:
     """The sentence saying which (model, attack) results an evaluation took over from
     earlier ones, and when each was computed (``meta["reused"]``: model -> attack -> time)."""
@@ -59,8 +81,9 @@ def reused_note(meta: dict) -> str:
 def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean = {name: {**res, "attacks": [{k: v for k, v in r.items() if not k.startswith("_")}
-                                       for r in res["attacks"]]} for name, res in results.items()}
+    clean = {name: with_intervals({**res, "attacks": [{k: v for k, v in r.items() if not k.startswith("_")}
+                                                      for r in res["attacks"]]}, meta["samples"])
+             for name, res in results.items()}
     json_path = out_dir / "eval.json"
     json_path.write_text(json.dumps({**meta, "models": clean}, indent=2) + "\n")
     notes = [f"- {name} / {r['attack']}: {r['note']}" for name, res in results.items()
@@ -71,7 +94,7 @@ def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
           f"{meta['dataset']}, {meta['threat']['norm']} ε = {meta['threat']['eps']:.6g} (pixel space), "
           f"{meta['samples']} test images (indices from seed {meta['seed']}; identical for every model). "
           f"Accuracies in %; worst = per-sample worst case over all attacks; gap = best − worst attack.", "",
-          markdown_table(results), ""]
+          markdown_table(results), "", interval_note(meta["samples"]), ""]
     reused = reused_note(meta)
     if reused:
         md += [reused, ""]

@@ -110,7 +110,7 @@ def settings_difference(saved: dict, wanted: dict) -> list[str]:
             if saved.get(key) != wanted.get(key)]
 
 
-def _train_variant(label: str, config, host=None) -> list[dict]:
+def _train_variant(label: str, config, host=None, prefix: str = "study") -> list[dict]:
     """Train one variant into ``config.out``, or reuse / resume the run there; a run there
     that :func:`_conflict` finds (other settings) is retrained -- ``run_study`` has refused
     those already unless ``--overwrite``."""
@@ -119,15 +119,15 @@ def _train_variant(label: str, config, host=None) -> list[dict]:
     run_dir = Path(config.out)
     conflict = _conflict(config)
     if conflict:
-        print(f"[study] {label}: retraining {run_dir} (--overwrite; {conflict})", flush=True)
+        print(f"[{prefix}] {label}: retraining {run_dir} (--overwrite; {conflict})", flush=True)
         train(config, host=host, overwrite=True)
     elif (run_dir / "model.pt").is_file() and (run_dir / "final_eval.json").is_file():
-        print(f"[study] {label}: reusing the finished run in {run_dir}", flush=True)
+        print(f"[{prefix}] {label}: reusing the finished run in {run_dir}", flush=True)
     elif (run_dir / "checkpoints" / "last.pt").is_file():
-        print(f"[study] {label}: resuming {run_dir}", flush=True)
+        print(f"[{prefix}] {label}: resuming {run_dir}", flush=True)
         train(resume=run_dir, host=host)
     else:
-        print(f"[study] {label}: training into {run_dir}", flush=True)
+        print(f"[{prefix}] {label}: training into {run_dir}", flush=True)
         train(config, host=host, overwrite=True)  # nothing of value there (no model, no checkpoint)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
@@ -272,6 +272,12 @@ def markdown(summary: dict) -> str:
                  str(r["epochs"]), f"{r['train_s']:.1f}", f"{r['median_epoch_s']:.1f}",
                  f"{r['epoch_time_ratio']:.2f}x", f"{r['train_time_ratio']:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
+    samples = summary.get("evaluation", {}).get("samples")
+    if samples:
+        from .report import interval_note
+
+        lines += ["", interval_note(samples).replace(" (95% Wilson interval; each number's interval is in "
+                                                     "eval.json)", " (95% Wilson interval)")]
     lines += ["", *[f"**Warning:** {w}" for w in summary.get("warnings", [])]]
     return "\n".join(lines).rstrip()
 
