@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +22,7 @@ import torch
 from advplug.config import make_config
 from advplug.engine import Run
 from advplug.study import file_variants
+from epoch_timing import interleaved_epoch_times, ratio_rows
 
 
 def build_runs(variants_file: str, subset: int) -> dict[str, Run]:
@@ -45,23 +43,9 @@ def main():
     p.add_argument("--out", default="runs/bench_activations.json")
     args = p.parse_args()
     runs = build_runs(args.variants, args.subset)
-    times = {label: [] for label in runs}
-    for label, run in runs.items():  # warm-up: first-call costs (torch.fx, allocator) off the clock
-        run.train_epoch()
-    order = list(runs)
-    shuffler = random.Random(0)
-    for _ in range(args.repeats):
-        shuffler.shuffle(order)
-        for label in order:
-            run = runs[label]
-            torch.manual_seed(0)
-            start = time.perf_counter()
-            run.train_epoch()
-            times[label].append(time.perf_counter() - start)
+    times = interleaved_epoch_times(runs, args.repeats)
     reference = next(iter(runs))
-    ref = statistics.median(times[reference])
-    rows = [{"variant": label, "median_s": statistics.median(t), "best_s": min(t),
-             "ratio": statistics.median(t) / ref, "times_s": t} for label, t in times.items()]
+    rows = ratio_rows(times)
     first = next(iter(runs.values())).config
     print(f"fgsm-rs epoch on {args.subset} {first.dataset} images, {first.model}, {args.repeats} repeats, "
           f"{torch.get_num_threads()} threads")

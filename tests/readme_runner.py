@@ -11,7 +11,8 @@ Rules (stated in README.md's "Tests" paragraph too):
 * ```python blocks run as scripts in the same directory, after the bash blocks before
   them; a block whose first line is ``# file: ...`` is a file excerpt and is only compiled;
 * sizes shrink (:data:`CAPS`): ``advplug train/study/eval/benchmark`` get at most these
-  sizes, and the flags are added where a command leaves them to a config file or a default.
+  sizes, and the flags are added where a command leaves them to a config file or a default;
+  ``advplug reproduce`` runs with ``--quick``.
 """
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ CAPS = {
     "study": {"--train-subset": 512, "--test-subset": 8, "--monitor-size": 16, "--epochs": 1},
     "eval": {"--test-subset": 16},
     "benchmark": {"--n-examples": 8, "--batch-size": 8},
+    "reproduce": {},  # runs as --quick (the recipe's own smoke sizes)
 }
 RESUME_EPOCHS = 2  # a resumed run goes one epoch past the first run's single epoch
 SANITY_SAMPLES = 8
 SKIPPED = re.compile(r"^\s*(make|pip install)\b")
-COMMAND = re.compile(r"\badvplug (train|study|eval|benchmark)\b")
+COMMAND = re.compile(r"\badvplug (train|study|eval|benchmark|reproduce)\b")
 
 
 def code_blocks(text: str) -> list[tuple[str, int, str]]:
@@ -84,7 +86,9 @@ def shrink(command: str) -> str:
             command = re.sub(pattern, lambda m: f"{flag} {min(int(m.group(1)), cap)}", command)
         else:
             command += f" {flag} {cap}"
-    return command + (" --no-progress" if sub in ("train", "study", "eval") else "")
+    if sub == "reproduce" and "--quick" not in command:
+        command += " --quick"
+    return command + (" --no-progress" if sub in ("train", "study", "eval", "reproduce") else "")
 
 
 def script_of(body: str) -> str:
