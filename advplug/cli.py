@@ -485,6 +485,7 @@ def _add_recipes(sub):
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", help="bf16: mixed-precision training on CUDA")
+    p.add_argument("--channels-last", action="store_true", help="channels-last model and batches (GPU speed)")
     p.add_argument("--data-root")
     p.add_argument("--no-verify-checksums", action="store_true",
                    help="load local dataset copies that fail torchvision's md5 check (re-packed copies)")
@@ -518,7 +519,8 @@ def cmd_reproduce(args) -> int:
 
     try:
         run_reproduce(args.names, args.seeds, quick=args.quick, n_eval=args.n_eval, out=args.out,
-                      device=args.device, amp=args.amp, overwrite=args.overwrite, data_root=args.data_root,
+                      device=args.device, amp=args.amp, channels_last=args.channels_last or None,
+                      overwrite=args.overwrite, data_root=args.data_root,
                       verify_checksums=not args.no_verify_checksums, batch_size=args.eval_batch_size,
                       progress=not args.no_progress and sys.stderr.isatty())
     except (RunInterrupted, KeyboardInterrupt):

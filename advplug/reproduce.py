@@ -60,7 +60,8 @@ def collapse(history: list[dict], drop: float = COLLAPSE_DROP) -> dict:
 
 
 def run_reproduce(names, seeds=None, *, quick: bool = False, n_eval: int | None = None, out="runs/reproduce",
-                  device: str = "auto", amp: str | None = None, overwrite: bool = False, data_root=None,
+                  device: str = "auto", amp: str | None = None, channels_last: bool | None = None,
+                  overwrite: bool = False, data_root=None,
                   verify_checksums: bool = True, batch_size: int = 256, progress: bool = False, host=None) -> dict:
     """Train, evaluate and check the recipes ``names`` (several: one table, and time ratios
     against the first). Returns the summary also written to ``OUT/reproduce.json``."""
@@ -87,7 +88,7 @@ def run_reproduce(names, seeds=None, *, quick: bool = False, n_eval: int | None 
         attacks = recipe.quick_attack if quick else recipe.attacks
         for seed in seed_list or recipe.seeds:
             overrides = {"seed": seed, "out": str(out / recipe.name / mode / f"seed-{seed}"), "device": device,
-                         "amp": amp, "data_root": data_root, "progress": progress,
+                         "amp": amp, "channels_last": channels_last, "data_root": data_root, "progress": progress,
                          "verify_checksums": False if not verify_checksums else None}
             cfg = make_config({**recipe.config(quick), **{k: v for k, v in overrides.items() if v is not None}},
                               registry=registry)

@@ -30,13 +30,16 @@ def main():
     p.add_argument("--subset", type=int, default=6000, help="training images per timed epoch")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", help="bf16: CUDA autocast of the training step")
+    p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-verify-checksums", action="store_true")
     p.add_argument("--out", default="runs/bench_recipes.json")
     args = p.parse_args()
     runs = {}
     for name in args.recipes:
         values = {**load_recipe(name).config(), "train_subset": args.subset, "monitor_size": 0, "eval_steps": 0,
-                  "progress": False, "plot": False, "device": args.device, "out": f"runs/bench-recipes/{name}"}
+                  "progress": False, "plot": False, "device": args.device, "amp": args.amp, "channels_last": args.channels_last,
+                  "out": f"runs/bench-recipes/{name}"}
         if args.no_verify_checksums:
             values["verify_checksums"] = False
         runs[name] = Run(make_config(values))

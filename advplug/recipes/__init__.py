@@ -119,8 +119,9 @@ def _raw(name: str, files: dict, chain=()) -> dict:
 
 
 def load_recipe(name: str) -> Recipe:
-    """The recipe ``name``, checked: its keys, its published numbers, and that its train
-    and quick configs are valid TrainConfigs (without loading any data)."""
+    """The recipe ``name``, checked: its keys and its published numbers (each a metric the
+    recipe measures, an accuracy in [0, 100]). Its configs are checked as TrainConfigs by
+    ``advplug reproduce`` before anything trains."""
     values = _raw(name, _files())
     where = f"recipe {name!r}"
     evaluation = values.get("evaluation", {})
