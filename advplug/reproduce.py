@@ -18,8 +18,18 @@ from .recipes import Recipe, load_recipe
 from .stats import accuracy_interval
 
 #: a run has collapsed (catastrophic overfitting) when its last epoch's held-out PGD
-#: accuracy is more than this many points below its best epoch's
-COLLAPSE_DROP = 30.0
+#: accuracy is below this fraction of its best epoch's, and at least COLLAPSE_MIN_DROP
+#: points below it (so that noise around a low accuracy is no collapse)
+COLLAPSE_FRACTION = 0.5
+COLLAPSE_MIN_DROP = 5.0
+
+
+def _fallen(best: float, acc: float) -> bool:
+    return acc < COLLAPSE_FRACTION * best and best - acc >= COLLAPSE_MIN_DROP
+
+
+COLLAPSE_RULE = (f"last epoch's held-out PGD accuracy below {COLLAPSE_FRACTION:g} x its best epoch's and at least "
+                 f"{COLLAPSE_MIN_DROP:g} points lower")
 
 
 def parse_seeds(text) -> list[int]:
@@ -43,20 +53,20 @@ def parse_seeds(text) -> list[int]:
     return seeds
 
 
-def collapse(history: list[dict], drop: float = COLLAPSE_DROP) -> dict:
-    """Catastrophic overfitting from the held-out PGD monitor: best and last accuracy, the
-    first epoch more than ``drop`` points below the best so far, and whether the run ended
-    collapsed (last epoch more than ``drop`` below the best)."""
+def collapse(history: list[dict]) -> dict:
+    """Catastrophic overfitting from the held-out PGD monitor (:data:`COLLAPSE_RULE`): best
+    and last accuracy, the first epoch that fell that far below the best so far, and
+    whether the run ended collapsed."""
     accs = [(m["epoch"], m["monitor_heldout_pgd_acc"]) for m in history if "monitor_heldout_pgd_acc" in m]
     if not accs:
         return {"best": None, "last": None, "fell_at": None, "collapsed": None}
     best_so_far, fell_at = -1.0, None
     for epoch, acc in accs:
         best_so_far = max(best_so_far, acc)
-        if fell_at is None and best_so_far - acc > drop:
+        if fell_at is None and _fallen(best_so_far, acc):
             fell_at = epoch
     best = max(a for _, a in accs)
-    return {"best": best, "last": accs[-1][1], "fell_at": fell_at, "collapsed": best - accs[-1][1] > drop}
+    return {"best": best, "last": accs[-1][1], "fell_at": fell_at, "collapsed": _fallen(best, accs[-1][1])}
 
 
 def run_reproduce(names, seeds=None, *, quick: bool = False, n_eval: int | None = None, out="runs/reproduce",
@@ -110,7 +120,7 @@ def run_reproduce(names, seeds=None, *, quick: bool = False, n_eval: int | None 
         for seed, label, attacks in mine:
             rows.append(_seed_row(recipe, seed, label, configs[label], histories[label],
                                   evaluation["results"][label], evaluation["meta"]["samples"], quick))
-    summary = {"recipes": names, "mode": mode, "collapse_drop_points": COLLAPSE_DROP,
+    summary = {"recipes": names, "mode": mode, "collapse_rule": COLLAPSE_RULE,
                "published": {r.name: [vars(p) for p in r.published] for r in recipes},
                "titles": {r.name: r.title for r in recipes}, "rows": rows,
                "verdicts": [v for r in recipes for v in verdicts(r, [row for row in rows if row["recipe"] == r.name],
@@ -244,8 +254,7 @@ def markdown(summary: dict) -> str:
             lines.append(f"| {r['seed']} | {r['epochs']} | {pgd} | {fell} | {r['train_time_s']:.1f} s | {wall} | "
                          f"{ips} | {r['device']} ({r['torch_threads']} threads) |")
         collapsed = [r for r in rows if r["collapsed"]]
-        lines.append(f"\ncollapsed (last held-out PGD more than {summary['collapse_drop_points']:g} points below "
-                     f"the best epoch): {len(collapsed)} of {len(rows)} seeds\n")
+        lines.append(f"\ncollapsed ({summary['collapse_rule']}): {len(collapsed)} of {len(rows)} seeds\n")
     ratios = summary["time_ratios"]
     if len(ratios) > 1:
         first = summary["recipes"][0]

@@ -214,6 +214,13 @@ def test_collapse_is_read_from_the_held_out_monitor():
     assert collapse(history) == {"best": 88, "last": 1, "fell_at": 5, "collapsed": True}
     steady = [{"epoch": e, "monitor_heldout_pgd_acc": a} for e, a in enumerate([20, 60, 85, 80], 1)]
     assert collapse(steady)["collapsed"] is False and collapse(steady)["fell_at"] is None
+    # a dip that recovers is reported, not counted; a fall from a low best still counts
+    dip = [{"epoch": e, "monitor_heldout_pgd_acc": a} for e, a in enumerate([30, 70, 25, 80], 1)]
+    assert collapse(dip)["fell_at"] == 3 and collapse(dip)["collapsed"] is False
+    low = [{"epoch": e, "monitor_heldout_pgd_acc": a} for e, a in enumerate([9, 10.4, 6, 0.0], 1)]
+    assert collapse(low)["collapsed"] is True and collapse(low)["fell_at"] == 4
+    noise = [{"epoch": e, "monitor_heldout_pgd_acc": a} for e, a in enumerate([4, 1.5], 1)]
+    assert collapse(noise)["collapsed"] is False  # less than 5 points
 
 
 # -- end to end -------------------------------------------------------------------------
