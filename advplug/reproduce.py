@@ -13,7 +13,7 @@ import re
 import statistics
 from pathlib import Path
 
-from .errors import AdvplugError
+from .errors import AdvplugError, warn
 from .recipes import Recipe, load_recipe
 from .stats import accuracy_interval
 
@@ -106,6 +106,9 @@ def run_reproduce(names, seeds=None, *, quick: bool = False, n_eval: int | None 
             label = f"{recipe.name} seed {seed}"
             configs[label] = cfg
             plan.append((recipe, seed, label, attacks))
+    for recipe in recipes:
+        if recipe.hardware == "gpu" and not quick and resolve_device(device).type == "cpu":
+            warn(f"recipe {recipe.name} is meant for a GPU ({recipe.estimate}); running it on the CPU as asked")
     if not overwrite:
         _refuse_other_settings(configs)
     histories = {label: _train_variant(label, configs[label], host, prefix="reproduce") for _, _, label, _ in plan}
