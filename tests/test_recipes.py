@@ -168,6 +168,10 @@ def test_box_start_false_takes_the_first_gradient_outside_the_box():
         delta = perturbation(probe, x, y, Threat("Linf", 0.3), 1, 0.375, box_start=box_start)
         assert (probe.lowest[0] < 0) is outside
         assert float((x + delta).min()) >= 0  # the step is projected into [0, 1] either way
+    # box_clip=False (FGSM-SDI's authors' training, and the control run for FGSM-RS): the
+    # ε-ball only, so on black pixels x + δ goes below 0, by at most ε
+    delta = perturbation(Probe(), x, y, Threat("Linf", 0.3), 1, 0.375, box_clip=False)
+    assert float((x + delta).min()) < 0 and float(delta.abs().max()) <= 0.3 + 1e-6
 
 
 def test_amp_is_for_cuda_only_and_channels_last_trains_on_cpu(tmp_path, data_root):

@@ -76,7 +76,7 @@ class Trainer:
 
 
 def perturbation(model, x, y, threat: Threat, steps: int, alpha: float, random_start: bool = True,
-                 box_start: bool = True, stop_when_fooled: bool = False):
+                 box_start: bool = True, stop_when_fooled: bool = False, box_clip: bool = True):
     """Inner maximization by projected steepest ascent on the cross-entropy loss.
 
     ``steps=1, alpha=1.25ε, random_start=True`` is FGSM-RS; more steps are PGD. Runs in
@@ -84,14 +84,19 @@ def perturbation(model, x, y, threat: Threat, steps: int, alpha: float, random_s
     et al.) and differentiates with respect to δ only, so no parameter gradient is touched.
     ``box_start=False`` takes the first gradient at the random start clipped to the ε-ball
     only (x + δ may leave [0, 1] there; Wong et al.'s MNIST script); every step is
-    projected onto the ball and the box. ``stop_when_fooled`` leaves a sample's δ as it
-    is once the model misclassifies it (Wong et al.'s PGD baseline).
+    projected onto the ball and the box. ``box_clip=False`` drops the box everywhere (start
+    and steps: the ε-ball only, x + δ may leave [0, 1], as FGSM-SDI's authors train).
+    ``stop_when_fooled`` leaves a sample's δ as it is once the model misclassifies it
+    (Wong et al.'s PGD baseline).
     """
+    def project(d):
+        return threat.project(d, x) if box_clip else threat.project_ball(d)
+
     delta = threat.random_init(x) if random_start else torch.zeros_like(x)
-    delta = threat.project(delta, x) if box_start else threat.project_ball(delta)
+    delta = project(delta) if box_start else threat.project_ball(delta)
     for _ in range(steps):
         grad, logits = input_gradient(model, x, y, delta, with_logits=True)
-        stepped = threat.project(delta + threat.ascent(grad, alpha), x)
+        stepped = project(delta + threat.ascent(grad, alpha))
         if stop_when_fooled:
             correct = (logits.argmax(1) == y).view(-1, *([1] * (x.dim() - 1)))
             stepped = torch.where(correct, stepped, delta)

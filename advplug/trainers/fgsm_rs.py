@@ -11,11 +11,13 @@ class FGSMRSTrainer(Trainer):
     name = "fgsm-rs"
     defaults = {"alpha_ratio": number(1.25, low=0, low_open=True, help="step size as a multiple of ε"),
                 "box_start": flag(True, help="clip the random start into [0, 1] before the gradient (Wong et al.'s "
-                                             "CIFAR script does; their MNIST script does not)")}
+                                             "CIFAR script does; their MNIST script does not)"),
+                "box_clip": flag(True, help="keep x + δ in [0, 1]; false: the ε-ball only (as FGSM-SDI's authors "
+                                            "train), for comparing the two on equal terms")}
 
     def step(self, x, y):
         alpha = self.params["alpha_ratio"] * self.threat.eps
         delta = perturbation(self.model, x, y, self.threat, 1, alpha, random_start=True,
-                             box_start=self.params["box_start"])
+                             box_start=self.params["box_start"], box_clip=self.params["box_clip"])
         logits = self.model(x + delta)
         return StepOutput(F.cross_entropy(logits, y), logits)
