@@ -255,7 +255,7 @@ def markdown(summary: dict) -> str:
             wall = f"{r['wall_time_s']:.0f} s" if r.get("wall_time_s") is not None else "-"
             ips = f"{r['images_per_s']:.0f}" if r["images_per_s"] else "-"
             lines.append(f"| {r['seed']} | {r['epochs']} | {pgd} | {fell} | {r['train_time_s']:.1f} s | {wall} | "
-                         f"{ips} | {r['device']} ({r['torch_threads']} threads) |")
+                         f"{ips} | {r['device']} ({r['torch_threads']} thread{'s' if r['torch_threads'] != 1 else ''}) |")
         collapsed = [r for r in rows if r["collapsed"]]
         lines.append(f"\ncollapsed ({summary['collapse_rule']}): {len(collapsed)} of {len(rows)} seeds\n")
     ratios = summary["time_ratios"]

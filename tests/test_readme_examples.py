@@ -16,6 +16,8 @@ def test_shrink_caps_sizes_and_adds_missing_ones():
     assert shrink("advplug eval --model m.pt --sanity") == \
         "advplug eval --model m.pt --sanity --test-subset 16 --sanity-samples 8 --no-progress"
     assert shrink("advplug leaderboard --dataset cifar10") == "advplug leaderboard --dataset cifar10"
+    assert shrink("advplug reproduce wong2020-mnist-fgsm-rs --seeds 0-4") == \
+        "advplug reproduce wong2020-mnist-fgsm-rs --seeds 0-4 --quick --no-progress"
     assert commands("advplug train \\\n    --epochs 2   # two\n# only a comment\n\nmake demo") == \
         ["advplug train --epochs 2", "make demo"]
 
