@@ -15,7 +15,7 @@ from advplug.host import Host, get_host, reset_host
 from advplug.registries import KINDS, Registry
 
 BUILTIN_TRAINERS = {"standard", "pgd-at", "fgsm-rs", "free-at", "fgsm-ga", "fgsm-ckpt"}
-BUILTIN_MODELS = {"mnist-cnn", "preact-resnet18", "resnet18", "wrn-34-10"}
+BUILTIN_MODELS = {"mnist-cnn", "preact-resnet18", "resnet18", "wrn-34-10", "wong2020-mnist", "madry2018-mnist"}
 BUILTIN_DATASETS = {"mnist", "cifar10", "cifar100", "svhn"}
 
 

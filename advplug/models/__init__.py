@@ -1,4 +1,5 @@
-"""Built-in architectures. All take [0, 1] inputs and normalize inside."""
+"""Built-in architectures. All take [0, 1] inputs; all normalize inside except the papers' MNIST
+networks (wong2020-mnist, madry2018-mnist), which like the papers use raw pixels."""
 from .common import ACTIVATIONS, Normalize, activation_factory
 from .mnist_cnn import MnistCNN
 from .paper_mnist import MadryMnistNet, WongMnistNet

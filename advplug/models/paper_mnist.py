@@ -11,6 +11,9 @@ class _PaperMnistNet(nn.Module):
     flatten -> fc ``hidden`` -> activation -> fc classes."""
 
     hidden = 100
+    #: the papers train and publish these on raw [0, 1] pixels: no Normalize layer (a
+    #: built-in model without one says so here; tests and tools read it)
+    normalizes_inputs = False
 
     def __init__(self, num_classes=10, in_channels=1, activation="relu", input_size=28,
                  mean=None, std=None):  # mean/std unused: the papers feed raw [0, 1] pixels
