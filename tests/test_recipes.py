@@ -78,7 +78,9 @@ def test_every_recipe_parses_and_its_full_and_quick_configs_are_valid():
         assert recipe.title and recipe.notes.strip() and recipe.hardware in ("cpu", "gpu")
         full, quick = make_config(recipe.config()), make_config(recipe.config(quick=True))
         assert quick.epochs <= 1 and quick.train_subset and quick.train_subset <= 1000
-        assert full.epochs >= 10 and full.train_subset is None  # the whole training split
+        assert full.epochs >= 10
+        if recipe.published:  # a reproduction trains on the whole split; cpu-* recipes are reduced on purpose
+            assert full.train_subset is None
         for pub in recipe.published:
             assert pub.metric in recipe.metrics() and pub.source
 
