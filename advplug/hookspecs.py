@@ -16,7 +16,11 @@ run. Registering a name (or alias) that another plugin already registered in tha
 an error of the later plugin, naming both plugins and the name: the later plugin (never
 advplug's built-ins, which register first) is disabled as a whole, so everything it
 registered, of every kind, is removed, it registers nothing more, and asking for one of
-its names says that it was disabled and why.
+its names says that it was disabled and why. An implementation whose name matches no hook
+below, that takes an argument its hook does not pass, or that is declared
+``wrapper=True``/``hookwrapper=True`` (advplug calls each implementation on its own, so
+there is nothing for a wrapper to wrap) is refused when its plugin registers: it is an
+error of that plugin and never called, while the plugin's other implementations still run.
 
 Registration hooks
 ------------------

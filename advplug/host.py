@@ -4,9 +4,13 @@ A plugin that fails to import, or raises inside a hook, is recorded in ``host.er
 (and shown by ``advplug plugins``) while every other plugin keeps working. A plugin that
 registers a name another plugin registered before it (advplug's built-ins come first) is
 disabled as a whole: none of its things are in the registry, and it is recorded too.
+A hook implementation advplug cannot call (its name matches no hook, it takes an argument
+the hook does not pass, or it is a wrapper) is refused and recorded as an error of its
+plugin; the plugin's other implementations still register and run.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import traceback
 from dataclasses import dataclass, field
@@ -36,6 +40,7 @@ class PluginError:
     where: str  # "import" or a hook name
     error: str
     disabled: bool = False  # a name clash in hook ``where`` disabled the whole plugin
+    refused: bool = False  # the implementation ``where`` was refused at registration
 
     @property
     def failed_to_load(self) -> bool:
@@ -48,13 +53,17 @@ class PluginError:
 
     @property
     def detail(self) -> str:
-        """``where: error``, as ``advplug plugins`` lists it."""
+        """``where: error``, as ``advplug plugins`` lists it (a refusal names its hook)."""
+        if self.refused:
+            return self.error
         where = f"disabled in {self.where}" if self.disabled else self.where
         return f"{where}: {self.error}"
 
     def __str__(self):
         if self.disabled:
             return f"plugin {self.plugin!r} was disabled: {self.error}"
+        if self.refused:
+            return f"plugin {self.plugin!r}: {self.error}; that implementation is ignored"
         return f"plugin {self.plugin!r} failed in {self.where}: {self.error}"
 
 
@@ -62,6 +71,63 @@ def _describe(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     at = f" ({last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
     return f"{type(exc).__name__}: {exc}{at}"
+
+
+_IMPL_DEFAULTS = {"wrapper": False, "hookwrapper": False, "optionalhook": False,
+                  "tryfirst": False, "trylast": False, "specname": None}
+
+
+class _CheckedPluginManager(pluggy.PluginManager):
+    """pluggy's manager, refusing the hook implementations advplug cannot call.
+
+    Left to pluggy, an implementation whose name matches no hook (a typo) registers
+    silently and is never called (``check_pending`` would report only the first one, of
+    any plugin); one taking an argument the hook does not pass makes ``register`` raise,
+    so the whole plugin fails to load; and a ``wrapper=True``/``hookwrapper=True`` one
+    only works inside pluggy's own call loop, which the host does not use (it calls each
+    implementation on its own, for fault isolation). ``parse_hookimpl_opts`` is pluggy's
+    documented place to decide what is an implementation: answering None leaves that one
+    out while the plugin's other implementations register as usual. Each refusal is kept
+    in ``refused`` as ``(hook name, message)`` for the host to record against the plugin.
+    """
+
+    def __init__(self):
+        super().__init__("advplug")
+        self.refused = []
+
+    def parse_hookimpl_opts(self, plugin, name):
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None:
+            return None
+        hook_name = opts.get("specname") or name
+        problem = self._problem(plugin, name, hook_name, opts)
+        if problem is None:
+            return opts
+        self.refused.append((hook_name, problem))
+        return None
+
+    def _problem(self, plugin, name, hook_name, opts):
+        caller = getattr(self.hook, hook_name, None)
+        spec = caller.spec if caller is not None else None
+        if spec is None and not opts.get("optionalhook"):  # optionalhook: pluggy's opt-out
+            known = [n for n, c in vars(self.hook).items() if isinstance(c, pluggy.HookCaller) and c.has_spec()]
+            close = difflib.get_close_matches(hook_name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"hook {hook_name!r} matches no advplug hook{hint}"
+        for flag in ("wrapper", "hookwrapper"):
+            if opts.get(flag):
+                return (f"hook {hook_name!r}: {flag}=True implementations are not supported: advplug "
+                        "calls each plugin's implementation on its own for fault isolation; write a "
+                        "plain @advplug.hookimpl")
+        if spec is None:
+            return None
+        # pluggy's own reading of the signature, so this check and pluggy's never disagree
+        impl = pluggy.HookImpl(plugin, "", getattr(plugin, name), {**_IMPL_DEFAULTS, **opts})
+        unknown = [a for a in impl.argnames if a not in (*spec.argnames, *spec.kwargnames)]
+        if unknown:
+            return (f"hook {hook_name!r} takes argument(s) {', '.join(map(repr, unknown))} that the "
+                    f"hook does not pass (it passes: {', '.join(spec.argnames)})")
+        return None
 
 
 @dataclass
@@ -73,11 +139,11 @@ class Host:
     errors: list = field(default_factory=list)
 
     def __post_init__(self):
-        self.pm = pluggy.PluginManager("advplug")
+        self.pm = _CheckedPluginManager()
         self.pm.add_hookspecs(hookspecs)
         from . import builtins
 
-        self.pm.register(builtins, name=BUILTIN_PLUGIN)
+        self._register(builtins, BUILTIN_PLUGIN)
         self.plugins[BUILTIN_PLUGIN] = PluginInfo(BUILTIN_PLUGIN, _version("advplug"), "built-in")
         eps = self.entry_points
         if eps is None:
@@ -95,22 +161,34 @@ class Host:
             plugin = ep.load()
             if isinstance(plugin, str):  # tolerate "module" values that load to a name
                 plugin = importlib.import_module(plugin)
-            self.pm.register(plugin, name=ep.name)
+            self._register(plugin, ep.name)
         except Exception as exc:  # noqa: BLE001 - isolation is the point
             info.error = _describe(exc)
             self.errors.append(PluginError(ep.name, "import", info.error))
 
     def register(self, plugin, name: str, version: str = "unknown"):
         """Register a plugin object in-process (tests, notebooks); resets the registry."""
-        self.pm.register(plugin, name=name)
+        self._register(plugin, name)
         self.plugins[name] = PluginInfo(name, version, "registered in-process")
         self._registry = None
 
+    def _register(self, plugin, name):
+        """Register with pluggy; record each implementation it refused as an error."""
+        self.pm.refused = []
+        self.pm.register(plugin, name=name)
+        self.errors += [PluginError(name, hook, msg, refused=True) for hook, msg in self.pm.refused]
+
     # -- calling hooks ----------------------------------------------------------------
+
+    def _hookimpls(self, hook_name):
+        """The hook's implementations, never a wrapper: wrappers are refused at registration,
+        and one called as a plain function would return a generator and not run at all."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
 
     def _impls(self, hook_name):
         # pluggy calls implementations last-registered first (respecting tryfirst/trylast)
-        return reversed(getattr(self.pm.hook, hook_name).get_hookimpls())
+        return reversed(self._hookimpls(hook_name))
 
     def _call_one(self, impl, hook_name, kwargs):
         args = {name: kwargs[name] for name in impl.argnames}
@@ -158,7 +236,7 @@ class Host:
         (``disabled=True``, ``where`` = the hook that clashed). The registry also learns
         which plugins failed to import, to name them when a name is unknown.
         """
-        self.errors = [e for e in self.errors if not e.where.startswith("advplug_register_")]
+        self.errors = [e for e in self.errors if e.refused or not e.where.startswith("advplug_register_")]
         registry = Registry()
         for err in self.errors:
             if err.failed_to_load:
@@ -176,7 +254,7 @@ class Host:
         first, then entry points as discovered, whatever tryfirst/trylast say; so in a
         name clash the plugin registered later is the one disabled."""
         rank = {name: i for i, (name, _plugin) in enumerate(self.pm.list_name_plugin())}
-        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        impls = self._hookimpls(hook_name)
         return sorted(impls, key=lambda impl: rank[impl.plugin_name])
 
     def describe(self) -> list:
