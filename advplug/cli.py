@@ -249,24 +249,57 @@ def cmd_overfitting(args) -> int:
 def _add_plugins(sub):
     p = sub.add_parser("plugins", help="list installed plugins and what each registered")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--params", metavar="NAME",
+                   help="the parameters of one registered thing (trainer, attack, sampler, ...): "
+                        "name, default, what it accepts, meaning")
     p.set_defaults(func=cmd_plugins)
 
 
 def cmd_plugins(args) -> int:
     from .host import get_host
 
-    rows = get_host().describe()
+    host = get_host()
+    if args.params:
+        return _print_params(host.registry, args.params)
+    rows = host.describe()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    width = max(len(r["name"]) for r in rows)
-    vwidth = max(len(r["version"]) for r in rows)
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['version']:<{vwidth}}  {r['source']}")
+        print(f"{r['name']}  {r['version']}  {r['source']}")
         for kind, names in r["registered"].items():
-            print(f"{'':<{width}}  {'':<{vwidth}}    {kind.replace('_', ' ')}: {', '.join(names)}")
+            print(f"    {kind.replace('_', ' ')}:")
+            width = max(map(len, names))
+            for name in names:
+                text = host.registry.entry(kind, name).description.strip().splitlines()
+                print(f"      {name:<{width}}  {text[0] if text else ''}".rstrip())
         for err in r["errors"]:
-            print(f"{'':<{width}}  {'':<{vwidth}}    ERROR {err}")
+            print(f"    ERROR {err}")
+    print("(advplug plugins --params NAME: the parameters of one of them)")
+    return 0
+
+
+def _print_params(registry, name: str) -> int:
+    """Every registered thing called ``name`` (any kind; aliases too), with its parameters."""
+    import difflib
+
+    from .params import describe_params
+    from .registries import KINDS
+
+    found = [registry.entry(kind, name) for kind in KINDS
+             if name in registry.tables[kind] or name in registry.aliases[kind]]
+    if not found:
+        known = sorted({n for kind in KINDS for n in (*registry.tables[kind], *registry.aliases[kind])})
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise AdvplugError(f"nothing called {name!r} is registered{hint}; `advplug plugins` lists every name")
+    for entry in found:
+        alias = f", alias {', '.join(entry.aliases)}" if entry.aliases else ""
+        print(f"{KINDS[entry.kind][1]} {entry.name!r} (plugin {entry.plugin}{alias})")
+        if entry.description:
+            print(f"  {entry.description.strip().splitlines()[0]}")
+        for line in describe_params(entry.schema):
+            print(f"  {line}")
     return 0
 
 
@@ -559,15 +592,16 @@ def main(argv=None) -> int:
 
 
 def _warn_plugin_errors(args):
-    """One stderr line per plugin that failed to load or was disabled (``advplug plugins``
-    lists them itself; errors inside hooks were warned about when they happened)."""
+    """One stderr line per plugin that failed to load or was disabled, and per hook
+    implementation refused (misspelled hook, wrong arguments, wrapper): ``advplug plugins``
+    lists them itself; errors inside hooks were warned about when they happened."""
     if args.command == "plugins":
         return
     from . import host
 
     if host._HOST is not None:
         for err in host._HOST.errors:
-            if err.provides_nothing:
+            if err.provides_nothing or err.refused:
                 warn(err)
 
 

@@ -236,9 +236,47 @@ def make_config(config=None, registry=None, **overrides) -> TrainConfig:
         values = {}
     else:
         values = read_config_file(config)
-    cfg = TrainConfig.from_dict(merge_config(values, overrides))
+    cfg = TrainConfig.from_dict(split_spec_tables(merge_config(values, overrides)))
     if registry is None:
         from .host import get_host
 
         registry = get_host().registry
-    return cfg.resolve_defaults(registry.get("datasets", cfg.dataset)).validate()
+    cfg = cfg.resolve_defaults(registry.get("datasets", cfg.dataset)).validate()
+    check_components(cfg, registry)
+    return cfg
+
+
+#: config keys naming a registered thing, whose parameters are in ``<key>_params``
+SPEC_KEYS = ("trainer", "schedule", "sampler")
+
+
+def split_spec_tables(values: dict) -> dict:
+    """``sampler = {name = "mixed-ratio", ratio = "30:70"}`` (a TOML table) is the same as
+    ``sampler = "mixed-ratio"`` with ``sampler_params = {ratio = "30:70"}``."""
+    from .params import Spec
+
+    values = dict(values)
+    for key in SPEC_KEYS:
+        if isinstance(values.get(key), dict):
+            spec = Spec.parse(values[key])
+            values[key] = spec.name
+            values[f"{key}_params"] = {**(values.get(f"{key}_params") or {}), **spec.params}
+    return values
+
+
+def check_components(cfg: TrainConfig, registry) -> None:
+    """Every registered thing the run names exists and takes the parameters given, checked
+    against its schema before any data is loaded: one :class:`AdvplugError` naming the
+    thing, the parameter, what it accepts and what it got."""
+    from .params import Spec
+
+    registry.entry("datasets", cfg.dataset).check(cfg.augment)
+    registry.entry("models", cfg.model).check(cfg.model_params)
+    registry.entry("trainers", cfg.trainer).check(cfg.trainer_params)
+    for kind, name, params in (("schedules", cfg.schedule, cfg.schedule_params),
+                               ("samplers", cfg.sampler, cfg.sampler_params)):
+        if name:
+            registry.entry(kind, name).check(params)
+    for transform in cfg.transforms:
+        spec = Spec.parse(transform)
+        registry.entry("model_transforms", spec.name).check(spec.params)

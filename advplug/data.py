@@ -54,7 +54,20 @@ class DatasetSpec:
     eps: dict = field(default_factory=lambda: dict(GENERIC_EPS))
 
     def default_eps(self, norm: str) -> float:
+        """The dataset's default radius for ``norm`` (pixel space): what train, eval, study
+        and benchmark use when no ε is given."""
         return float(self.eps.get(norm, GENERIC_EPS[norm]))
+
+    @property
+    def param_schema(self) -> dict:
+        """A dataset's parameters are its training augmentation (config ``augment``)."""
+        from .params import flag, integer, number
+
+        aug = self.augment
+        return {"crop": integer(aug.get("crop", 0), low=0, help="random crop: zero padding in pixels (0: off)"),
+                "flip": flag(aug.get("flip", False), help="random horizontal flip"),
+                "color_jitter": number(aug.get("color_jitter", 0.0), 0, 1,
+                                       help="brightness/contrast/saturation jitter strength (0: off)")}
 
     def describe_defaults(self) -> str:
         """'adam lr 0.001, weight decay 0, constant LR; ε Linf 0.3, L2 2' for --help."""

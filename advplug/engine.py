@@ -178,7 +178,7 @@ class Run:
         self.train_monitor_idx = self.train_idx[:cfg.monitor_size]
         self.data = {"train": (train_x, train_y), "test": (test_x, test_y)}
 
-        augment = check_params(f"augment of {self.dataset.name}", cfg.augment or {}, self.dataset.augment)
+        augment = reg.entry("datasets", cfg.dataset).check(cfg.augment)
         self.loader = BatchLoader(train_x[self.train_idx], train_y[self.train_idx], cfg.batch_size,
                                   shuffle=True, augment=augment, device=self.device, seed=cfg.seed)
 

@@ -8,7 +8,7 @@ import torch
 
 from .checkpoint import MODEL_FORMAT, atomic_save, safe_load
 from .errors import AdvplugError, warn
-from .params import parse_spec
+from .params import Spec
 
 _SET_BY_ADVPLUG = ("num_classes", "in_channels", "mean", "std", "input_size")
 
@@ -29,8 +29,11 @@ def model_spec(config, dataset_spec) -> dict:
 
 
 def build_model(spec: dict, registry) -> torch.nn.Module:
-    factory = registry.get("models", spec["arch"])
+    entry = registry.entry("models", spec["arch"])
+    factory = entry.obj
     params = dict(spec.get("arch_params", {}))
+    if entry.schema is not None:
+        params = entry.check(params)
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -45,8 +48,9 @@ def build_model(spec: dict, registry) -> torch.nn.Module:
                     mean=spec["mean"], std=spec["std"], input_size=spec["input_size"],
                     **params)
     for transform in spec.get("transforms", []):
-        name, options = parse_spec(transform)
-        model = registry.get("model_transforms", name)(model, **options)
+        transform = Spec.parse(transform)
+        entry = registry.entry("model_transforms", transform.name)
+        model = entry.obj(model, **entry.check(transform.params))
     return model
 
 

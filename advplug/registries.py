@@ -27,6 +27,22 @@ class Entry:
     description: str = ""
     aliases: tuple = ()
 
+    @property
+    def schema(self) -> dict | None:
+        """The parameters it declares (``{name: Param}``), or None if it declares none."""
+        from .params import schema_of
+
+        return schema_of(self.obj)
+
+    def check(self, params: dict | None) -> dict:
+        """``params`` checked against the schema, defaults filled in (one
+        :class:`AdvplugError` naming this thing); unchecked when it declares no schema."""
+        from .params import check_params
+
+        schema = self.schema
+        return dict(params or {}) if schema is None else check_params(
+            f"{KINDS[self.kind][1]} {self.name!r}", params or {}, schema)
+
 
 class PluginDisabled(AdvplugError):
     """Raised into a registration hook whose plugin is disabled (one of its names clashed).

@@ -76,7 +76,7 @@ def test_pgd_with_negative_steps_is_refused_before_it_runs():
         with pytest.raises(AdvplugError):
             build_attack(registry, spec, model, Threat("Linf", 0.3))
     assert build_attack(registry, "pgd:steps=1", model, Threat("Linf", 0.3)).params == \
-        {"steps": 1, "alpha": None, "random_start": True}
+        {"steps": 1, "alpha": "2.5eps/steps", "random_start": True}
 
 
 def test_check_params_converts_and_fills_defaults():

@@ -18,7 +18,7 @@ from advplug_curriculum import LinearCurriculum, Ramp, Staircase  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
 PGD_PARAMS = {"steps": 10, "alpha": None, "random_start": True}  # a trainer with `steps`
-FGSM_PARAMS = {"alpha_ratio": 1.25}  # one without
+FGSM_PARAMS = {"alpha": "1.25eps"}  # one without
 
 
 def values(schedule, ts, threat=Threat("Linf", 0.3), params=PGD_PARAMS):

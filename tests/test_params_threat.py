@@ -43,7 +43,7 @@ def test_parse_spec_reads_name_and_typed_params():
 def test_parse_spec_without_params_and_with_spaces():
     assert parse_spec("standard") == ("standard", {})
     assert parse_spec("fgsm-rs:") == ("fgsm-rs", {})
-    assert parse_spec(" fgsm-rs : alpha_ratio = 1.0 , ") == ("fgsm-rs", {"alpha_ratio": 1.0})
+    assert parse_spec(" fgsm-rs : alpha = 1.0eps , ") == ("fgsm-rs", {"alpha": "1.0eps"})
 
 
 @pytest.mark.parametrize("spec,item", [

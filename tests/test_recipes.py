@@ -88,7 +88,7 @@ def test_every_recipe_parses_and_its_full_and_quick_configs_are_valid():
 def test_wong_mnist_recipe_is_their_script():
     cfg = make_config(load_recipe("wong2020-mnist-fgsm-rs").config())
     assert (cfg.model, cfg.trainer, cfg.eps, cfg.batch_size, cfg.epochs) == ("wong2020-mnist", "fgsm-rs", 0.3, 100, 10)
-    assert cfg.trainer_params == {"alpha_ratio": 1.25, "box_start": False}
+    assert cfg.trainer_params == {"alpha": "1.25eps", "box_start": False}
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.lr_schedule, cfg.lr_peak) == ("adam", 5e-3, 0.0, "cyclic", 0.4)
     sdi = make_config(load_recipe("wong2020-mnist-fgsm-sdi").config())
     assert sdi.trainer == "fgsm-sdi" and sdi.lr == 5e-3 and sdi.trainer_params["label_smoothing"] == pytest.approx(1 / 9)

@@ -193,9 +193,9 @@ def test_forward_mode_leaves_no_relu_in_advplug_models(fn, mnist):
 
 
 def test_options_are_checked():
-    for options, needle in [({"fn": "tanh"}, "unknown fn 'tanh'"), ({"mode": "both"}, "mode must be"),
+    for options, needle in [({"fn": "tanh"}, "fn must be one of softplus, gelu"), ({"mode": "both"}, "mode must be one of forward, backward"),
                             ({"attack_grad": "relu"}, "needs mode=backward"),
-                            ({"mode": "backward", "train_grad": "soft"}, "train_grad must be smooth or relu"),
+                            ({"mode": "backward", "train_grad": "soft"}, "train_grad must be one of smooth, relu"),
                             ({"fn": "gelu", "beta": 5}, "fn=gelu has no parameter 'beta'"),
                             ({"beta": -1}, "beta must be a number > 0"),
                             ({"fn": "smooth-relu", "learnable": 3}, "learnable must be true or false")]:

@@ -66,7 +66,7 @@ def test_perturbations_stay_in_the_ball_and_the_box(mnist):
     # a real initialization, not zero (the box clips η to >= 0 on MNIST's many 0 pixels)
     assert 0.05 * threat.eps < eta.abs().mean() < threat.eps
     # the FGSM step is taken from η: |δ - η| = α wherever neither the ball nor the box clips
-    trainer.set_attack_params(alpha_ratio=0.5)
+    trainer.set_attack_params(alpha="0.5eps")
     alpha = 0.5 * threat.eps
     eta, delta = trainer.perturb(x, y)
     free = (eta.abs() <= threat.eps - alpha) & (x + eta - alpha >= 0) & (x + eta + alpha <= 1)

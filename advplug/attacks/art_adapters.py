@@ -24,7 +24,7 @@ their defaults (ART's own unless noted):
 
 * ``art:fgsm`` -- FastGradientMethod (L2 FGM for the L2 threat); ``num_random_init=0``.
 * ``art:pgd`` -- ProjectedGradientDescent: ``steps=20`` (ART ``max_iter``),
-  ``eps_step=2.5*eps/steps``, ``num_random_init=1``, ``decay=None``.
+  ``alpha=2.5eps/steps`` (ART ``eps_step``), ``num_random_init=1``, ``decay=None``.
 * ``art:cw-l2`` -- CarliniL2Method, minimal: ``confidence=0``, ``max_iter=30`` (ART: 10),
   ``learning_rate=0.01``, ``binary_search_steps=10``, ``initial_const=0.01``.
 * ``art:cw-linf`` -- CarliniLInfMethod, minimal, Linf only. ART 1.20's implementation has
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from ..errors import AdvplugError
-from ..params import integer, number
+from ..params import MADRY_STEP, integer, number, resolve_step, step_size
 from .base import attack_factory, eval_frozen
 
 #: model -> (classifier, input_shape, nb_classes)
@@ -171,14 +171,13 @@ def fgsm(model, threat, **p):
 
 
 @attack_factory("art", description="ART ProjectedGradientDescent from a random start "
-                                   "(steps=20, eps_step=2.5·ε/steps)", name="art:pgd",
-                params={"steps": integer(20, low=1), "eps_step": number(None, **POSITIVE),
+                                   "(steps=20, alpha=2.5·ε/steps)", name="art:pgd",
+                params={"steps": integer(20, low=1), "alpha": step_size(MADRY_STEP, help="step size α (ART eps_step)"),
                         "num_random_init": integer(1, low=0), "decay": number(None, low=0),
                         "batch_size": BATCH, "seed": SEED})
 def pgd(model, threat, **p):
     steps = p.pop("steps")
-    eps_step = p.pop("eps_step")
-    eps_step = 2.5 * threat.eps / steps if eps_step is None else eps_step
+    eps_step = resolve_step(p.pop("alpha"), threat.eps, steps)
 
     def build(classifier, p):
         from art.attacks.evasion import ProjectedGradientDescent

@@ -73,19 +73,13 @@ def attack_factory(library, norms=("Linf", "L2"), minimal=False, black_box=False
 
         factory.attack_info = AttackInfo(library, tuple(norms), minimal, black_box,
                                          description or (fn.__doc__ or "").strip(), params)
+        factory.param_schema = params
         return factory
     return mark
 
 
 def info_of(factory) -> AttackInfo:
     return getattr(factory, "attack_info", None) or AttackInfo(library="plugin")
-
-
-def checked_params(name: str, params: dict, schema: dict) -> dict:
-    """Merge user params into an attack's schema or defaults; unknown keys, wrong types and
-    out-of-range values are one clear error (for factories that check their own; declaring
-    ``params=`` on :func:`attack_factory` does it for every call)."""
-    return check_params(f"attack {name!r}", params, schema)
 
 
 @dataclass
@@ -154,13 +148,14 @@ class CheckedAttack:
         return norms.median().item() if len(norms) else None
 
 
-def resolve_attack(registry, spec: str, threat: Threat, defaults: dict | None = None):
+def resolve_attack(registry, spec, threat: Threat, defaults: dict | None = None):
     """``spec`` -> (registry entry, AttackInfo, parameters), checked against the attack's
     schema (defaults filled in) and its supported norms, before anything runs.
     ``defaults`` maps canonical attack names to parameters used where the spec sets none."""
-    from ..params import parse_spec
+    from ..params import Spec
 
-    name, params = parse_spec(spec)
+    spec = Spec.parse(spec)
+    name, params = spec.name, dict(spec.params)
     entry = registry.entry("attacks", name)
     params = {**(defaults or {}).get(entry.name, {}), **params}
     info = info_of(entry.obj)
@@ -172,9 +167,9 @@ def resolve_attack(registry, spec: str, threat: Threat, defaults: dict | None = 
     return entry, info, params
 
 
-def build_attack(registry, spec: str, model, threat: Threat, defaults: dict | None = None) -> CheckedAttack:
+def build_attack(registry, spec, model, threat: Threat, defaults: dict | None = None) -> CheckedAttack:
     """``spec`` is ``name`` or ``name:key=value,...`` (names may be namespaced:
-    ``torchattacks:pgd:steps=20``). ``defaults`` maps canonical attack names to parameters
+    ``torchattacks:pgd:steps=20``), a table or an :class:`advplug.params.Spec`. ``defaults`` maps canonical attack names to parameters
     used where the spec sets none (e.g. shorter CW runs for training)."""
     entry, info, params = resolve_attack(registry, spec, threat, defaults)
     fn = entry.obj(model, threat, **params)

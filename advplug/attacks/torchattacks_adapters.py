@@ -5,18 +5,19 @@ Names are namespaced (``torchattacks:pgd``) and the short name (``pgd``) is an a
 torchattacks within noise of each other (PGD-20: 4.37 s vs 4.77 s; FGSM 0.30 vs 0.36 s);
 the aliases stay on torchattacks, which keeps tensors on the device (ART round-trips
 through numpy), until a GPU measurement says otherwise.
-ε always comes from the threat model (pixel space); step sizes default to 2.5·ε/steps
-for PGD-type attacks and ε/steps for the momentum/input-diversity family.
+ε always comes from the threat model (pixel space); the step size ``alpha`` defaults to
+2.5·ε/steps (``2.5eps/steps``) for PGD-type attacks and ε/steps for the
+momentum/input-diversity family (see :func:`advplug.params.step_size`).
 """
 from __future__ import annotations
 
 import torchattacks
 
-from ..params import choice, flag, integer, number
+from ..params import MADRY_STEP, choice, flag, integer, number, resolve_step, step_size
 from .base import attack_factory
 
 STEPS = integer(10, low=1, help="iterations")
-ALPHA = number(None, low=0, low_open=True, help="step size in pixel space; none: the rule above")
+ALPHA = step_size(MADRY_STEP, help="step size α (pixel space, or a multiple of ε)")
 SEED = integer(0, low=0, help="seed of the attack's own generator")
 N_RESTARTS = integer(1, low=1, help="random restarts")
 N_CLASSES = integer(10, low=2, help="classes of the model's output")
@@ -25,10 +26,6 @@ N_CLASSES = integer(10, low=2, help="classes of the model's output")
 def _wrap(attack):
     """torchattacks runs the model in eval mode and restores its mode afterwards."""
     return lambda x, y: attack(x, y)
-
-
-def _alpha(p, eps, ratio):
-    return p["alpha"] if p["alpha"] is not None else ratio * eps / p["steps"]
 
 
 @attack_factory("torchattacks", norms=("Linf",), description="FGSM (Goodfellow et al.)", params={})
@@ -40,7 +37,7 @@ def fgsm(model, threat):
                 params={"steps": STEPS, "alpha": ALPHA, "random_start": flag(True)})
 def pgd(model, threat, **p):
     cls = torchattacks.PGD if threat.norm == "Linf" else torchattacks.PGDL2
-    return _wrap(cls(model, eps=threat.eps, alpha=_alpha(p, threat.eps, 2.5), steps=p["steps"],
+    return _wrap(cls(model, eps=threat.eps, alpha=resolve_step(p["alpha"], threat.eps, p["steps"]), steps=p["steps"],
                      random_start=p["random_start"]))
 
 
@@ -81,11 +78,11 @@ def square(model, threat, **p):
     return _wrap(torchattacks.Square(model, norm=threat.norm, eps=threat.eps, **p))
 
 
-def _momentum_family(cls, name, description, extra, ratio=1.0):
+def _momentum_family(cls, name, description, extra, alpha="1eps/steps"):
     @attack_factory("torchattacks", norms=("Linf",), description=description, name=name,
-                    params={"steps": STEPS, "alpha": ALPHA, **extra})
+                    params={"steps": STEPS, "alpha": step_size(alpha, help=ALPHA.help), **extra})
     def factory(model, threat, **p):
-        alpha = _alpha(p, threat.eps, ratio)
+        alpha = resolve_step(p["alpha"], threat.eps, p["steps"])
         rest = {k: v for k, v in p.items() if k not in ("steps", "alpha")}
         return _wrap(cls(model, eps=threat.eps, alpha=alpha, steps=p["steps"], **rest))
     return factory
@@ -100,7 +97,7 @@ difgsm = _momentum_family(torchattacks.DIFGSM, "difgsm", "diverse-input iterativ
 tifgsm = _momentum_family(torchattacks.TIFGSM, "tifgsm", "translation-invariant FGSM (3-channel images)",
                           {"decay": DECAY, **DIVERSITY})
 eotpgd = _momentum_family(torchattacks.EOTPGD, "eotpgd", "PGD with expectation over transformation",
-                          {"eot_iter": integer(2, low=1), "random_start": flag(True)}, ratio=2.5)
+                          {"eot_iter": integer(2, low=1), "random_start": flag(True)}, alpha=MADRY_STEP)
 
 
 @attack_factory("torchattacks", norms=("L2",), description="PGD-L2 (torchattacks PGDL2)",

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..errors import AdvplugError
+from ..params import Param, integer
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -32,9 +33,11 @@ def activation_factory(activation):
         ) from None
 
 
-def check_width(model: str, width) -> None:
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise AdvplugError(f"model {model!r}: width must be a whole number >= 1, got {width!r}")
+#: the ``activation`` parameter every built-in architecture takes
+ACTIVATION = Param("relu", choices=tuple(ACTIVATIONS),
+                   help="activation (from Python also a zero-argument callable returning a module)")
+#: the ``width`` parameter of the ResNets: channels of the first stage (64 in the papers)
+WIDTH = integer(64, low=1, help="channels of the first stage (64: the published network)")
 
 
 class Normalize(nn.Module):

@@ -1,11 +1,13 @@
 """The seed study's MNIST network (the Keras ``mnist_cnn`` example)."""
 from torch import nn
 
-from .common import Normalize, activation_factory
+from .common import ACTIVATION, Normalize, activation_factory
 
 
 class MnistCNN(nn.Module):
     """conv 32 → conv 64 → max-pool → dropout 0.25 → fc 128 → dropout 0.5 → fc classes."""
+
+    param_schema = {"activation": ACTIVATION}
 
     def __init__(self, num_classes=10, in_channels=1, mean=(0.1307,), std=(0.3081,),
                  activation="relu", input_size=28):

@@ -3,12 +3,14 @@ recipes train the model the numbers were published for. Both take [0, 1] inputs 
 as in the papers, do not normalize them."""
 from torch import nn
 
-from .common import activation_factory
+from .common import ACTIVATION, activation_factory
 
 
 class _PaperMnistNet(nn.Module):
     """Convolutional ``features`` (a subclass's ``layers``, down-sampling 28 -> 7), then
     flatten -> fc ``hidden`` -> activation -> fc classes."""
+
+    param_schema = {"activation": ACTIVATION}
 
     hidden = 100
     #: the papers train and publish these on raw [0, 1] pixels: no Normalize layer (a

@@ -2,7 +2,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Normalize, activation_factory, check_width
+from .common import ACTIVATION, WIDTH, Normalize, activation_factory
 
 
 class BasicBlock(nn.Module):
@@ -29,10 +29,11 @@ class ResNet18(nn.Module):
     """``width``: channels of the first stage (64 in the paper; the stages have width,
     2, 4 and 8 times it), to shrink the network for CPU-sized experiments."""
 
+    param_schema = {"activation": ACTIVATION, "width": WIDTH}
+
     def __init__(self, num_classes=10, in_channels=3, mean=(0.0,), std=(1.0,), activation="relu",
                  input_size=32, width=64):  # input_size unused: the network is size-agnostic
         super().__init__()
-        check_width("resnet18", width)
         act = activation_factory(activation)
         self.normalize = Normalize(mean, std)
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)

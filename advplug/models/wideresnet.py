@@ -4,11 +4,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdvplugError
-from .common import Normalize, activation_factory
+from ..params import integer, number
+from .common import ACTIVATION, Normalize, activation_factory
 from .preact_resnet import PreActBlock
 
 
 class WideResNet(nn.Module):
+    param_schema = {"activation": ACTIVATION, "depth": integer(34, low=10, help="layers: 6n + 4"),
+                    "widen_factor": integer(10, low=1, help="channel multiplier k"),
+                    "drop_rate": number(0.0, 0, 1, high_open=True, help="dropout inside the blocks")}
+
     def __init__(self, num_classes=10, in_channels=3, mean=(0.0,), std=(1.0,), activation="relu",
                  depth=34, widen_factor=10, drop_rate=0.0, input_size=32):  # input_size unused
         super().__init__()

@@ -22,9 +22,12 @@ class StepOutput:
 
 
 class Trainer:
-    """Subclass, set ``defaults`` (every parameter with its default) and write ``step``.
+    """Subclass, declare ``param_schema`` (``{name: Param}``, see :mod:`advplug.params`;
+    the step size is ``alpha``, a :func:`~advplug.params.step_size`) and write ``step``.
 
-    Built as ``cls(model, threat, **params)``; unknown parameters are rejected. Then the
+    Built as ``cls(model, threat, **params)``; parameters are checked against the schema
+    (the host checks them before any data is loaded too) and ``self.params`` holds them
+    with defaults filled in. Then the
     engine calls ``bind(run)`` once (the run's ``optimizer``, ``lr_scheduler``, ``config``
     and ``loader`` exist by then; a resumed run restores ``state_dict`` afterwards).
 
@@ -40,12 +43,18 @@ class Trainer:
     name = "trainer"
     adversarial = True  #: False for trainers that never perturb (the clean baseline)
     updates_model = False  #: True: ``step`` calls ``self.run.optimizer_step`` itself
-    defaults: dict = {}
+    param_schema: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "defaults" in cls.__dict__ and "param_schema" not in cls.__dict__:
+            raise TypeError(f"trainer {cls.__name__}: declare its parameters as param_schema = {{...}} "
+                            f"(earlier versions called it defaults)")
 
     def __init__(self, model: torch.nn.Module, threat: Threat, **params):
         self.model = model
         self.threat = threat
-        self.params = check_params(f"trainer {self.name!r}", params, self.defaults)
+        self.params = check_params(f"trainer {self.name!r}", params, self.param_schema)
         self.run = None
 
     def bind(self, run) -> None:
@@ -61,7 +70,7 @@ class Trainer:
         values = dict(values)
         if "eps" in values:
             self.threat = Threat(self.threat.norm, values.pop("eps"))
-        self.params.update(check_params(f"trainer {self.name!r}", values, self.defaults))
+        self.params.update(check_params(f"trainer {self.name!r}", values, self.param_schema))
 
     def epoch_metrics(self) -> dict:
         """Called by the engine after each epoch's batches: extra numbers for that epoch's

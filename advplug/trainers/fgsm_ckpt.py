@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from ..params import integer, number
+from ..params import integer, resolve_step, step_size
 from .base import StepOutput, Trainer, perturbation
 
 
@@ -20,14 +20,14 @@ class FGSMCheckpointTrainer(Trainer):
     the adversarial one together.
 
     Parameters: ``checkpoints`` (c, default 3: the authors' code and CIFAR-10
-    experiments), ``alpha_ratio`` (α/ε, default 1.25: α = 10/255 at ε = 8/255 in their
+    experiments), ``alpha`` (default ``1.25eps``: α = 10/255 at ε = 8/255 in their
     code). Costs c extra inference-only forward passes per batch. Linf and L2 (the
     checkpoints lie on the segment from x to x + δ, inside the ball and the box).
     """
 
     name = "fgsm-ckpt"
-    defaults = {"checkpoints": integer(3, low=1, help="c: points checked along the step"),
-                "alpha_ratio": number(1.25, low=0, low_open=True, help="step size as a multiple of ε")}
+    param_schema = {"checkpoints": integer(3, low=1, help="c: points checked along the step"),
+                    "alpha": step_size("1.25eps", help="FGSM step α")}
 
     def step(self, x, y):
         x_adv, _ = self.adversarial_examples(x, y)
@@ -36,7 +36,7 @@ class FGSMCheckpointTrainer(Trainer):
 
     def adversarial_examples(self, x, y):
         """(the inputs to train on, each example's fraction k/c of the FGSM step)."""
-        alpha = self.params["alpha_ratio"] * self.threat.eps
+        alpha = resolve_step(self.params["alpha"], self.threat.eps)
         delta = perturbation(self.model, x, y, self.threat, 1, alpha, random_start=True)
         fraction = self.step_fractions(x, y, delta)
         return x + fraction.view(-1, *([1] * (x.dim() - 1))) * delta, fraction

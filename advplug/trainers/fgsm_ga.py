@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from ..params import flag, number
+from ..params import flag, number, resolve_step, step_size
 from .base import StepOutput, Trainer, input_gradient
 
 
@@ -24,22 +24,22 @@ class GradAlignTrainer(Trainer):
     16/255, and for SVHN λ = 1.5625·1.6^(ε·255/8), 2.5 at 8/255; no MNIST value is
     published, so tune λ for ε = 0.3), ``random_start`` (default False: FGSM from zero;
     True starts FGSM at a uniform point of the ball, and the first gradient is then taken
-    there), ``alpha_ratio`` (default 1.25: α/ε, matters only with ``random_start``).
+    there), ``alpha`` (default ``1.25eps``, matters only with ``random_start``).
     L2 threats use the same algorithm with the L2 ball's steepest ascent and uniform η.
     ``lam=0`` is plain FGSM training.
     """
 
     name = "fgsm-ga"
-    defaults = {"lam": number(0.2, low=0, help="λ: weight of the gradient-alignment term"),
-                "random_start": flag(False), "alpha_ratio": number(1.25, low=0, low_open=True,
-                                                                  help="step size as a multiple of ε")}
+    param_schema = {"lam": number(0.2, low=0, help="λ: weight of the gradient-alignment term"),
+                    "random_start": flag(False, help="FGSM from a random start in the ε-ball (else from x)"),
+                    "alpha": step_size("1.25eps", help="FGSM step α (with random_start; else ε)")}
 
     def step(self, x, y):
         threat = self.threat
         start = threat.random_init(x) if self.params["random_start"] else torch.zeros_like(x)
         start = threat.project(start, x)
         grad = input_gradient(self.model, x, y, start)
-        delta = threat.project(start + threat.ascent(grad, self.params["alpha_ratio"] * threat.eps), x)
+        delta = threat.project(start + threat.ascent(grad, resolve_step(self.params["alpha"], threat.eps)), x)
         logits = self.model(x + delta)
         loss = F.cross_entropy(logits, y)
         if self.params["lam"]:

@@ -1,22 +1,22 @@
 import torch.nn.functional as F
 
-from ..params import flag, number
+from ..params import flag, resolve_step, step_size
 from .base import StepOutput, Trainer, perturbation
 
 
 class FGSMRSTrainer(Trainer):
     """Wong et al. (2020), "Fast is better than free": one FGSM step of size α = 1.25·ε
-    from a uniform random start in the ε-ball (``alpha_ratio`` scales ε)."""
+    from a uniform random start in the ε-ball (``alpha``, default ``1.25eps``)."""
 
     name = "fgsm-rs"
-    defaults = {"alpha_ratio": number(1.25, low=0, low_open=True, help="step size as a multiple of ε"),
-                "box_start": flag(True, help="clip the random start into [0, 1] before the gradient (Wong et al.'s "
+    param_schema = {"alpha": step_size("1.25eps", help="FGSM step α (Wong et al.: 1.25·ε)"),
+                    "box_start": flag(True, help="clip the random start into [0, 1] before the gradient (Wong et al.'s "
                                              "CIFAR script does; their MNIST script does not)"),
-                "box_clip": flag(True, help="keep x + δ in [0, 1]; false: the ε-ball only (as FGSM-SDI's authors "
+                    "box_clip": flag(True, help="keep x + δ in [0, 1]; false: the ε-ball only (as FGSM-SDI's authors "
                                             "train), for comparing the two on equal terms")}
 
     def step(self, x, y):
-        alpha = self.params["alpha_ratio"] * self.threat.eps
+        alpha = resolve_step(self.params["alpha"], self.threat.eps)
         delta = perturbation(self.model, x, y, self.threat, 1, alpha, random_start=True,
                              box_start=self.params["box_start"], box_clip=self.params["box_clip"])
         logits = self.model(x + delta)

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AdvplugError
-from ..params import integer, number
+from ..params import integer, resolve_step, step_size
 from .base import StepOutput, Trainer
 
 
@@ -12,14 +12,14 @@ class FreeATTrainer(Trainer):
     Every replay is one forward and one backward pass at ``x + δ`` that yields both the
     parameter gradient (one optimizer update, through ``run.optimizer_step``) and the
     input gradient, which moves δ one signed step: ``δ ← Π(δ + step·sign(∇_δ ℓ))`` with
-    step = ``step_ratio``·ε (ε in the paper and in its reference code; for L2 the step
+    step = ``alpha`` = ε (ε in the paper and in its reference code; for L2 the step
     is along the normalized gradient). δ starts at zero and persists across replays *and*
     minibatches (one buffer of the largest batch seen; a smaller last batch uses its
     first rows); it is projected again onto the ball and the [0, 1] box of each new batch.
 
     Parameters: ``replays`` (m, default 8: the paper's choice for CIFAR-10 and CIFAR-100,
     which it compares with m ∈ {2, 4, 8, 10}; it uses m = 4 on ImageNet and has no MNIST
-    setting), ``step_ratio`` (default 1.0: step = ε).
+    setting), ``alpha`` (default ``1eps``: step = ε).
 
     Cost: one epoch does m optimizer updates per batch, as much compute as m epochs of
     standard training, so users usually divide the epoch count by m to compare at equal
@@ -29,8 +29,8 @@ class FreeATTrainer(Trainer):
 
     name = "free-at"
     updates_model = True
-    defaults = {"replays": integer(8, low=1, help="m: updates per minibatch"),
-                "step_ratio": number(1.0, low=0, low_open=True, help="step size as a multiple of ε")}
+    param_schema = {"replays": integer(8, low=1, help="m: updates per minibatch"),
+                    "alpha": step_size("1eps", help="step of the persistent δ per replay (Shafahi et al.: ε)")}
 
     def __init__(self, model, threat, **params):
         super().__init__(model, threat, **params)
@@ -49,7 +49,7 @@ class FreeATTrainer(Trainer):
         if self.run is None:
             raise AdvplugError("free-at updates the model itself: bind(run) before step()")
         replays = int(self.params["replays"])
-        step = self.params["step_ratio"] * self.threat.eps
+        step = resolve_step(self.params["alpha"], self.threat.eps)
         delta = self._batch_delta(x)
         for r in range(replays):
             delta.requires_grad_(True)

@@ -1,6 +1,6 @@
 import torch.nn.functional as F
 
-from ..params import integer, number, flag
+from ..params import MADRY_STEP, flag, integer, resolve_step, step_size
 from .base import StepOutput, Trainer, perturbation
 
 
@@ -12,15 +12,15 @@ class PGDTrainer(Trainer):
     """
 
     name = "pgd-at"
-    defaults = {"steps": integer(10, low=1, help="PGD steps K"),
-                "alpha": number(None, low=0, low_open=True, help="step size; none: 2.5·ε/K"),
-                "random_start": flag(True, help="start from a uniform point in the ε-ball"),
-                "stop_when_fooled": flag(False, help="stop moving a sample once the model misclassifies it "
+    param_schema = {"steps": integer(10, low=1, help="PGD steps K"),
+                    "alpha": step_size(MADRY_STEP, help="PGD step α (Madry et al.: 2.5·ε/K)"),
+                    "random_start": flag(True, help="start from a uniform point in the ε-ball"),
+                    "stop_when_fooled": flag(False, help="stop moving a sample once the model misclassifies it "
                                                      "(Wong et al.'s PGD baseline)")}
 
     def step(self, x, y):
         steps = int(self.params["steps"])
-        alpha = self.params["alpha"] or 2.5 * self.threat.eps / max(steps, 1)
+        alpha = resolve_step(self.params["alpha"], self.threat.eps, steps)
         delta = perturbation(self.model, x, y, self.threat, steps, alpha, self.params["random_start"],
                              stop_when_fooled=self.params["stop_when_fooled"])
         logits = self.model(x + delta)

@@ -16,7 +16,7 @@ class SampledTrainer(Trainer):
     """
 
     adversarial = True
-    defaults = {}
+    param_schema = {}
 
     def __init__(self, model, threat, sampler, name: str = "sampler", **params):
         self.name = name

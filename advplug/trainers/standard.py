@@ -8,7 +8,7 @@ class StandardTrainer(Trainer):
 
     name = "standard"
     adversarial = False
-    defaults = {}
+    param_schema = {}
 
     def step(self, x, y):
         logits = self.model(x)

@@ -19,8 +19,7 @@ import math
 import warnings
 
 from advplug.errors import AdvplugError
-from advplug.params import check_params
-from advplug.threat import parse_eps
+from advplug.params import check_params, integer, number
 
 _TOLERANCE = 1e-9  # t·n or k₀(1 − u) + k₁u landing a hair below an integer still counts as it
 
@@ -30,8 +29,22 @@ def mix(start: float, end: float, u: float) -> float:
     return start * (1.0 - u) + end * u
 
 
+def eps_param(default, help):
+    return number(default, low=0, optional=True, help=help + " (pixel space, e.g. 8/255)")
+
+
+def steps_param(default, help):
+    return integer(default, low=1, optional=True, help=help)
+
+
+#: the parameters every schedule shares
+SHARED = {"eps0": eps_param(None, "start ε"), "eps1": eps_param(None, "end ε; none: the run's ε"),
+          "k0": steps_param(None, "start PGD steps; none: the trainer's own"),
+          "k1": steps_param(None, "end PGD steps (give k0 and k1 together)")}
+
+
 class Schedule:
-    """Base: subclasses set ``name``, ``defaults`` and ``progress(t) -> u``.
+    """Base: subclasses set ``name``, ``param_schema`` and ``progress(t) -> u``.
 
     Parameters shared by every schedule: ``eps0``/``eps1`` (start and end ε; ``None``
     means the subclass's default, for ``eps1`` the run's ε) and ``k0``/``k1`` (start and
@@ -39,26 +52,16 @@ class Schedule:
     """
 
     name = "schedule"
-    defaults: dict = {}
+    param_schema: dict = {}
 
     def __init__(self, **params):
         self.given = set(params)
-        self.params = check_params(f"schedule {self.name!r}", params, self.defaults)
-        for key in ("eps0", "eps1"):
-            if self.params.get(key) is not None:
-                self.params[key] = self._eps(key, self.params[key])
-        for key in ("k0", "k1"):
-            if self.params.get(key) is not None:
-                self.params[key] = self._at_least_one(key, self.params[key])
+        self.params = check_params(f"schedule {self.name!r}", params, self.param_schema)
         if (self.params.get("k0") is None) != (self.params.get("k1") is None):
             raise self.error("give both k0 and k1 (start and end PGD steps) or neither")
-        self.validate()
         self._first_call = True
 
     # -- what subclasses provide ---------------------------------------------------
-
-    def validate(self) -> None:
-        """Check the subclass's own parameters (raise ``self.error(...)``)."""
 
     def progress(self, t: float) -> float:
         """u in [0, 1]: how far from the start values toward the end values at t."""
@@ -108,28 +111,13 @@ class Schedule:
     def error(self, message: str) -> AdvplugError:
         return AdvplugError(f"schedule {self.name!r}: {message}")
 
-    def _eps(self, key, value) -> float:
-        try:
-            eps = parse_eps(value)
-        except AdvplugError:
-            raise self.error(f"{key} = {value!r} is not a number; write it in pixel space, "
-                             f"e.g. 0.3 or 8/255") from None
-        if eps != eps or eps < 0:
-            raise self.error(f"{key} must be >= 0 (pixel space of [0, 1] images), got {value!r}")
-        return eps
-
-    def _at_least_one(self, key, value) -> int:
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or value != int(value) or value < 1):
-            raise self.error(f"{key} must be an integer >= 1, got {value!r}")
-        return int(value)
-
 
 class LinearCurriculum(Schedule):
     """ε and PGD steps both grow linearly over the whole run: u = t."""
 
     name = "curriculum-linear"
-    defaults = {"eps0": 0.01, "eps1": 0.1, "k0": 10, "k1": 40}
+    param_schema = {**SHARED, "eps0": eps_param(0.01, "start ε"), "eps1": eps_param(0.1, "end ε"),
+                    "k0": steps_param(10, "start PGD steps"), "k1": steps_param(40, "end PGD steps")}
 
     def progress(self, t):
         return t
@@ -140,13 +128,8 @@ class Ramp(Schedule):
     fraction of t, then stays there: u = min(t / warmup, 1) (u = 1 when warmup = 0)."""
 
     name = "ramp"
-    defaults = {"eps0": 0.0, "eps1": None, "warmup": 0.3, "k0": None, "k1": None}
-
-    def validate(self):
-        warmup = self.params["warmup"]
-        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup <= 1:
-            raise self.error(f"warmup is a fraction of training in [0, 1], got {warmup!r}")
-        self.params["warmup"] = float(warmup)
+    param_schema = {**SHARED, "eps0": eps_param(0.0, "start ε"),
+                    "warmup": number(0.3, 0, 1, help="fraction of training over which ε grows")}
 
     def progress(self, t):
         warmup = self.params["warmup"]
@@ -159,10 +142,8 @@ class Staircase(Schedule):
     first stage is ε/n, so the stairs are ε/n, 2ε/n, …, ε."""
 
     name = "step"
-    defaults = {"eps0": None, "eps1": None, "stages": 3, "k0": None, "k1": None}
-
-    def validate(self):
-        self.params["stages"] = self._at_least_one("stages", self.params["stages"])
+    param_schema = {**SHARED, "eps0": eps_param(None, "first stage's ε; none: ε/stages"),
+                    "stages": integer(3, low=1, help="equal stages of training")}
 
     def start_eps(self, end):
         eps0 = self.params["eps0"]

@@ -1,13 +1,16 @@
 """The advplug plugin module: the entry point ``mix = "advplug_mix.plugin"`` loads it."""
 import advplug
+from advplug.params import takes
 
 from .samplers import MATSampler, MixedRatioSampler
 
 
+@takes(MATSampler.param_schema, "sampler 'mat-rand'")
 def mat_rand(**params):
     return MATSampler("mat-rand", **params)
 
 
+@takes(MATSampler.param_schema, "sampler 'mat-max'")
 def mat_max(**params):
     return MATSampler("mat-max", **params)
 

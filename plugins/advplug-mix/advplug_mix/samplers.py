@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from advplug.attacks.base import eval_frozen
 from advplug.errors import AdvplugError
-from advplug.params import check_params, split_spec_list
+from advplug.params import Param, check_params, integer, number, spec_list
 from advplug.samplers import SampledBatch, attack_batch, batch_generator, training_attack
 from advplug.threat import Threat
 
@@ -56,31 +56,21 @@ def split_counts(n: int, k: int, step: int) -> list[int]:
     return counts
 
 
-def attack_specs(value) -> list[str]:
-    """A list of specs, or one string: ``"fgsm,pgd:steps=10,alpha=0.01,cw"`` (as in
-    ``advplug eval --attacks``) or ``"fgsm+pgd:steps=10+cw"`` (``+`` between attacks: on the
-    command line, commas separate the sampler's own parameters)."""
-    if isinstance(value, (list, tuple)):
-        specs = [str(v).strip() for v in value if str(v).strip()]
-    else:
-        specs = [spec for part in str(value).split("+") for spec in split_spec_list(part)]
-    if not specs:
-        raise AdvplugError("sampler 'mixed-ratio': attacks is empty; give attack names, e.g. attacks=fgsm+pgd")
-    return specs
-
-
 class MixedRatioSampler:
     """``mixed-ratio``: per batch, ``ratio`` clean:adversarial; the adversarial part split
     equally over an attack pool from the registry; assignment from (seed, step)."""
 
     name = "mixed-ratio"
-    defaults = {"ratio": "50:50", "attacks": DEFAULT_ATTACKS}
+    param_schema = {"ratio": Param("50:50", help="clean:adversarial share of each batch: 30:70 (or, from "
+                                                 "Python, a pair)"),
+                    "attacks": spec_list(DEFAULT_ATTACKS, help="the attack pool, from the registry; the adversarial "
+                                                               "part is split equally over it")}
 
     def __init__(self, **params):
-        self.params = check_params(f"sampler {self.name!r}", params, self.defaults)
+        self.params = check_params(f"sampler {self.name!r}", params, self.param_schema)
         self.clean, self.adv = parse_ratio(self.params["ratio"])
-        self.specs = attack_specs(self.params["attacks"])
-        self.sources = ("clean", *self.specs)
+        self.specs = self.params["attacks"]
+        self.sources = ("clean", *map(str, self.specs))
         self.ctx = None
 
     def bind(self, ctx) -> None:
@@ -111,18 +101,14 @@ class MixedRatioSampler:
 class MATSampler:
     """``mat-rand`` / ``mat-max``: mixed adversarial training over Linf and L2 PGD."""
 
-    defaults = {"linf_eps": None, "l2_eps": None, "steps": 10}
+    param_schema = {"linf_eps": number(None, 0, 1, help="Linf radius (pixel space); none: the run's ε if Linf"),
+                    "l2_eps": number(None, low=0, help="L2 radius; none: the run's ε if L2"),
+                    "steps": integer(10, low=1, help="PGD steps of both attacks (α = 2.5·ε/steps)")}
     sources = ("Linf", "L2")
 
     def __init__(self, name: str, **params):
         self.name = name
-        self.params = check_params(f"sampler {name!r}", params, self.defaults)
-        steps = self.params["steps"]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise AdvplugError(f"sampler {name!r}: steps must be an integer >= 1, got {steps!r}")
-        for norm, key in (("Linf", "linf_eps"), ("L2", "l2_eps")):
-            if self.params[key] is not None:
-                Threat(norm, self.params[key])  # a bad radius fails before training
+        self.params = check_params(f"sampler {name!r}", params, self.param_schema)
         self.ctx = None
 
     def bind(self, ctx) -> None:

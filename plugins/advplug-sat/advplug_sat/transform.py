@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from advplug.errors import AdvplugError
+from advplug.params import Param, check_params, choice, number
 
 from .activations import FUNCTIONS, OWN_MODULES, ReLUSmoothBackward, smooth_module
 from .guard import RELU_NAMES, ReluCheck
@@ -53,41 +54,33 @@ _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, getattr(F, "relu_", torch.re
 
 # -- options --------------------------------------------------------------------------
 
+#: the transform's parameters; fn's own options (beta, alpha, learnable) default per fn (FUNCTIONS)
+PARAMS = {
+    "fn": choice("softplus", (*FUNCTIONS, *ALIASES), help="the smooth function"),
+    "mode": choice("forward", MODES, help="forward: smooth in both passes; backward: ReLU forward, smooth gradient"),
+    "attack_grad": choice("smooth", GRADIENTS, help="mode=backward: the gradient the attacker sees"),
+    "train_grad": choice("smooth", GRADIENTS, help="mode=backward: the gradient the optimizer sees"),
+    "beta": number(None, low=0, low_open=True, help="softplus β (default 10)"),
+    "alpha": number(None, low=0, low_open=True, help="elu/celu α (default 1), smooth-relu α (default 400)"),
+    "learnable": Param(None, bool, help="smooth-relu: α is trained (default true)"),
+}
+
+
 def parse_options(options: dict) -> dict:
-    """Checked options: fn, mode, attack_grad, train_grad and fn's own (with defaults)."""
-    opts = dict(options)
-    fn = str(opts.pop("fn", "softplus")).lower()
-    fn = ALIASES.get(fn, fn)
-    if fn not in FUNCTIONS:
-        raise AdvplugError(f"{NAME}: unknown fn {fn!r}; use one of {', '.join(FUNCTIONS)}")
-    mode = str(opts.pop("mode", "forward")).lower()
-    if mode not in MODES:
-        raise AdvplugError(f"{NAME}: mode must be forward (smooth in both passes) or backward "
-                           f"(ReLU forward, smooth gradient), not {mode!r}")
-    grads = {}
+    """Checked options (see :data:`PARAMS`): fn, mode, attack_grad, train_grad and fn's own."""
+    opts = check_params(NAME, options, PARAMS)
+    fn = ALIASES.get(opts["fn"], opts["fn"])
     for key in ("attack_grad", "train_grad"):
-        value = str(opts.pop(key, "smooth")).lower()
-        if value not in GRADIENTS:
-            raise AdvplugError(f"{NAME}: {key} must be smooth or relu, not {value!r}")
-        if mode == "forward" and value == "relu":
+        if opts["mode"] == "forward" and opts[key] == "relu":
             raise AdvplugError(f"{NAME}: {key}=relu needs mode=backward; mode=forward is smooth in "
                                f"both passes, for the attacker and the optimizer alike")
-        grads[key] = value
-    defaults = FUNCTIONS[fn]
-    unknown = sorted(set(opts) - set(defaults))
+    given = {k: v for k, v in opts.items() if k in ("beta", "alpha", "learnable") and v is not None}
+    unknown = sorted(set(given) - set(FUNCTIONS[fn]))
     if unknown:
-        takes = ", ".join(["fn", "mode", "attack_grad", "train_grad", *defaults])
+        takes = ", ".join(["fn", "mode", "attack_grad", "train_grad", *FUNCTIONS[fn]])
         raise AdvplugError(f"{NAME}: fn={fn} has no parameter {', '.join(map(repr, unknown))}; it takes: {takes}")
-    fn_options = {**defaults, **opts}
-    for key, value in fn_options.items():
-        if key == "learnable":
-            if not isinstance(value, bool):
-                raise AdvplugError(f"{NAME}: learnable must be true or false, not {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise AdvplugError(f"{NAME}: {key} must be a number > 0, not {value!r}")
-        else:
-            fn_options[key] = float(value)
-    return {"fn": fn, "mode": mode, "options": fn_options, **grads}
+    return {"fn": fn, "mode": opts["mode"], "options": {**FUNCTIONS[fn], **given},
+            "attack_grad": opts["attack_grad"], "train_grad": opts["train_grad"]}
 
 
 def replacement_factory(parsed: dict):
@@ -343,3 +336,6 @@ def smooth_activation(model: nn.Module, **options) -> nn.Module:
     model.register_forward_hook(check.after, always_call=True)
     model._advplug_sat = {"config": describe(parsed), "relu_modules": modules, "functional_relu": functional}
     return model
+
+
+smooth_activation.param_schema = PARAMS

@@ -7,7 +7,7 @@ One step on a batch (x, y), with f the target model and g the generator::
 
     s   = sign ∇ₓ CE(f(x), y)                      clean input gradient, a constant
     η   = Π(ε · g(x, s))                           the learned initialization, |η| <= ε
-    δ   = Π(η + α · sign ∇ CE(f(x + η), y))        one FGSM step from it, α = alpha_ratio·ε
+    δ   = Π(η + α · sign ∇ CE(f(x + η), y))        one FGSM step from it, α = ``alpha`` (ε)
     loss = CE(f(x + δ), y)                         what the target minimizes (δ detached)
 
 Π is the threat's projection (ε-ball and [0, 1] box; ε-ball only with ``box_clip=false``,
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from advplug.errors import AdvplugError
-from advplug.params import choice, flag, integer, number
+from advplug.params import choice, flag, integer, number, resolve_step, step_size
 from advplug.trainers.base import StepOutput, Trainer, input_gradient
 
 from .generator import InitGenerator
@@ -39,9 +39,9 @@ class FGSMSDITrainer(Trainer):
     to maximize its loss, proposes the FGSM start; see the module docstring."""
 
     name = "fgsm-sdi"
-    defaults = {
+    param_schema = {
         "k": integer(20, low=1, help="target updates per generator update (the authors' att_num)"),
-        "alpha_ratio": number(1.0, low=0, help="FGSM step α as a multiple of ε (authors: α = ε = 8/255)"),
+        "alpha": step_size("1eps", help="FGSM step α (authors: α = ε = 8/255)"),
         "gen_lr": number(1e-3, low=0, low_open=True, help="generator Adam learning rate (authors' lr_att)"),
         "gen_weight_decay": number(5e-4, low=0, help="generator Adam weight decay (authors' --weight-decay)"),
         "gen_lr_schedule": choice("follow", GEN_LR_SCHEDULES,
@@ -129,7 +129,7 @@ class FGSMSDITrainer(Trainer):
         with torch.set_grad_enabled(update):
             eta = self._project(eps * self.generator(x, grad_sign), x)
         fgsm_sign = self._input_grad_sign(x + eta, y)
-        return eta, self._project(eta + self.params["alpha_ratio"] * eps * fgsm_sign, x)
+        return eta, self._project(eta + resolve_step(self.params["alpha"], eps) * fgsm_sign, x)
 
     def _project(self, delta, x):
         return self.threat.project(delta, x) if self.params["box_clip"] else self.threat.project_ball(delta)
