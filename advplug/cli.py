@@ -358,7 +358,7 @@ def _external_model(args, dataset_spec, registry):
 
 def cmd_eval(args) -> int:
     from .engine import resolve_device
-    from .evaluate import model_labels, run_evaluation
+    from .evaluation import model_labels, run_evaluation
     from .host import get_host
     from .modelio import load_model_and_spec
     from .rundir import check_output_dir

@@ -22,12 +22,11 @@ from .data import BatchLoader, load_split, subset_indices
 from .errors import AdvplugError, warn
 from .host import get_host
 from .modelio import build_model, model_spec, save_model
-from .monitor import clean_and_pgd_accuracy
-from .params import check_params
-from .plots import plot_overfitting
+from .monitor import MONITOR_ATTACK, clean_and_pgd_accuracy
+from .params import MADRY_STEP
 from .rundir import check_output_dir, prepare_run_dir
 from .stats import accuracy_interval, format_accuracy
-from .threat import threat_warning
+from .threat import Threat, threat_warning
 from .trainers.sampled import SampledTrainer
 
 CLEAN_ACC_EVERY = 10  # batches between eval-mode clean-accuracy samples (adversarial trainers)
@@ -133,7 +132,16 @@ def schedule_progress(epoch: int, epochs: int) -> float:
 
 
 class Run:
-    """A training run in progress: what lifecycle hooks receive as ``run``."""
+    """A training run: what lifecycle hooks receive as ``run``.
+
+    ``Run(cfg)`` sets the run up (:meth:`setup`: components checked and built, data
+    loaded, model, trainer, optimizer; a resumed run restores its state), :meth:`fit`
+    runs the loop. ``threat`` is the run's threat model in force, the one object the
+    trainer, sampler, monitor and metrics read; a schedule changes it through
+    :meth:`set_eps`. ``config_threat`` is the threat the run was configured with, used by
+    the final test evaluation (the same unless a schedule ends at another ε, which it warns
+    about).
+    """
 
     def __init__(self, cfg: TrainConfig, host=None, resume_state: dict | None = None):
         self.config = cfg
@@ -141,28 +149,41 @@ class Run:
         self.registry = self.host.registry
         self.out_dir = Path(cfg.out)
         self.device = resolve_device(cfg.device)
+        self.config_threat = self.threat = cfg.threat
         self.history: list[dict] = []
         self.epoch = 0  # epochs completed
         self.stop_reason: str | None = None
-        self._build(resume_state)
+        self.best = None  # (held-out PGD accuracy, epoch) of checkpoints/best.pt, with keep_best
+        self.setup(resume_state)
 
     # -- setup ----------------------------------------------------------------------
 
-    def _build(self, resume_state):
+    def setup(self, resume_state=None):
+        self._build_components()
+        seed_everything(self.config.seed)
+        self._load_data()
+        self._build_training()
+        self.manifest = manifest_mod.new_manifest(self)
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    def _build_components(self):
+        """The registered things the run names (parameters were checked with the config)."""
         cfg, reg = self.config, self.registry
         self.dataset = reg.get("datasets", cfg.dataset)
-        trainer_cls = reg.get("trainers", cfg.trainer)  # fail fast on unknown names
-        reg.get("models", cfg.model)
-        schedule = None
-        if cfg.schedule:
-            schedule = reg.get("schedules", cfg.schedule)(**cfg.schedule_params)
-        self.schedule = schedule
-        sampler = reg.get("samplers", cfg.sampler)(**cfg.sampler_params) if cfg.sampler else None
-        warning = threat_warning(cfg.threat, self.dataset)
+        self.schedule = self._build("schedules", cfg.schedule, cfg.schedule_params) if cfg.schedule else None
+        self.sampler = self._build("samplers", cfg.sampler, cfg.sampler_params) if cfg.sampler else None
+        warning = threat_warning(self.threat, self.dataset)
         if warning:
             warn(warning)
-        seed_everything(cfg.seed)
 
+    def _build(self, kind: str, name: str, params: dict):
+        """A registered factory called with its parameters checked, defaults filled in."""
+        entry = self.registry.entry(kind, name)
+        return entry.obj(**entry.check(params))
+
+    def _load_data(self):
+        cfg = self.config
         load = dict(data_root=cfg.data_root, download=cfg.download, verify_checksums=cfg.verify_checksums)
         train_x, train_y = load_split(self.dataset, True, **load)
         test_x, test_y = load_split(self.dataset, False, **load)
@@ -177,27 +198,31 @@ class Run:
                                        cfg.eval_seed)
         self.train_monitor_idx = self.train_idx[:cfg.monitor_size]
         self.data = {"train": (train_x, train_y), "test": (test_x, test_y)}
-
-        augment = reg.entry("datasets", cfg.dataset).check(cfg.augment)
+        augment = self.registry.entry("datasets", cfg.dataset).check(cfg.augment)
         self.loader = BatchLoader(train_x[self.train_idx], train_y[self.train_idx], cfg.batch_size,
                                   shuffle=True, augment=augment, device=self.device, seed=cfg.seed)
 
+    def _build_training(self):
+        cfg = self.config
         self.spec = model_spec(cfg, self.dataset)
-        self.model = build_model(self.spec, reg).to(self.device)
+        self.model = build_model(self.spec, self.registry).to(self.device)
         self.autocast = training_autocast(cfg, self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if sampler is not None:  # the sampler composes the batches; the trainer takes the CE on them
-            self.trainer = SampledTrainer(self.model, cfg.threat, sampler, name=cfg.sampler, **cfg.trainer_params)
+        if self.sampler is not None:  # the sampler composes the batches; the trainer takes the CE on them
+            self.trainer = SampledTrainer(self.model, self.threat, self.sampler, name=cfg.sampler,
+                                          **cfg.trainer_params)
         else:
-            self.trainer = trainer_cls(self.model, cfg.threat, **cfg.trainer_params)
+            self.trainer = self.registry.get("trainers", cfg.trainer)(self.model, self.threat, **cfg.trainer_params)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.lr_scheduler = make_lr_scheduler(cfg, self.optimizer, len(self.loader))
         self.trainer.bind(self)
-        self.best = None  # (held-out PGD accuracy, epoch) of checkpoints/best.pt, with keep_best
-        self.manifest = manifest_mod.new_manifest(self)
-        if resume_state is not None:
-            self._restore(resume_state)
+
+    def set_eps(self, eps) -> None:
+        """Change the radius of the run's threat (schedules do, through
+        ``Trainer.set_attack_params(eps=...)``); the trainer rebuilds what depends on it."""
+        self.threat = Threat(self.threat.norm, eps)
+        self.trainer.threat_changed()
 
     def _restore(self, state):
         self.model.load_state_dict(state["model"])
@@ -227,9 +252,6 @@ class Run:
                    "train_monitor": self.train_monitor_idx.tolist(),
                    "train": self.train_idx.tolist(), "test": self.test_idx.tolist()}
         (self.out_dir / "subsets.json").write_text(json.dumps(subsets) + "\n")
-        metrics = self.out_dir / "metrics.jsonl"
-        # keep only the epochs the checkpoint knows (a crash may have written one more)
-        metrics.write_text("".join(json.dumps(m) + "\n" for m in self.history))
         manifest_mod.write(self)
 
     def checkpoint(self):
@@ -245,6 +267,15 @@ class Run:
         atomic_save(state, ckpt_dir / "last.pt")
         if self.config.keep_checkpoints:
             atomic_save(state, ckpt_dir / f"epoch_{self.epoch:03d}.pt")
+
+    def weights(self) -> dict:
+        """The model's and the trainer's state, copied (to go back to)."""
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "trainer": self.trainer.state_dict(), "epoch": self.epoch}
+
+    def restore_weights(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.trainer.load_state_dict(saved.get("trainer", {}))
 
     # -- the loop -------------------------------------------------------------------
 
@@ -310,8 +341,8 @@ class Run:
         x, y = self.data["train"]
         out = {}
         for name, idx in (("heldout", self.heldout_idx), ("train", self.train_monitor_idx)):
-            clean, pgd = clean_and_pgd_accuracy(self.model, x[idx], y[idx], self.trainer.threat,
-                                                cfg.monitor_steps, device=self.device)
+            clean, pgd = clean_and_pgd_accuracy(self.model, x[idx], y[idx], self.threat,
+                                                cfg.monitor_steps, device=self.device, registry=self.registry)
             out[f"monitor_{name}_clean_acc"] = clean
             out[f"monitor_{name}_pgd_acc"] = pgd
         return out
@@ -327,62 +358,49 @@ class Run:
             raise RunInterrupted(self.out_dir, (self.out_dir / "checkpoints" / "last.pt").is_file()) from None
 
     def _fit(self) -> "Run":
-        cfg = self.config
         self.write_start_files()
-        if cfg.co_guard is not None:
-            self.previous_weights = self.weights()
         self.host.call("advplug_train_start", run=self)
-        while self.epoch < cfg.epochs:
-            attack_params = {}
-            if self.schedule is not None:
-                attack_params = self.schedule(schedule_progress(self.epoch, cfg.epochs), self.epoch, cfg.threat,
-                                              dict(self.trainer.params)) or {}
-                self.trainer.set_attack_params(**attack_params)
-            start = time.perf_counter()
-            metrics = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-            metrics.update(self.train_epoch())
-            metrics["epoch_time_s"] = time.perf_counter() - start
-            self.check_diverged(metrics)
-            mon_start = time.perf_counter()
-            metrics.update(self.monitor())
-            metrics["monitor_time_s"] = time.perf_counter() - mon_start
-            metrics["eps"] = self.trainer.threat.eps
-            metrics.update({f"attack_{k}": v for k, v in attack_params.items() if k != "eps"})
-            self.epoch += 1
-            self.host.call("advplug_epoch_end", run=self, epoch=self.epoch, metrics=metrics)
-            collapse = self.overfitting_collapse(metrics)
-            if collapse:
-                metrics["co_guard_triggered"] = True
-            self.history.append(metrics)
-            self.manifest["epoch_times_s"].append(metrics["epoch_time_s"])
-            with open(self.out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            print(format_epoch(metrics, self.trainer.adversarial, cfg.monitor_steps), flush=True)
-            if collapse:
-                self.restore_weights(self.previous_weights)
-            self.checkpoint()
-            self.keep_if_best(metrics)
-            if cfg.plot and cfg.monitor_size:
-                plot_overfitting(self.history, self.out_dir / "overfitting.png", cfg.monitor_steps,
-                                 title=f"{cfg.sampler or cfg.trainer}, {cfg.threat}")
-            manifest_mod.write(self)
-            reason = collapse or self.host.call_first("advplug_should_stop", run=self, epoch=self.epoch,
-                                                      metrics=metrics)
+        while self.epoch < self.config.epochs:
+            reason = self.run_epoch()
             if reason:
                 self.stop_reason = str(reason)
                 print(f"stopping after epoch {self.epoch}: {self.stop_reason}", flush=True)
                 break
-        if cfg.keep_best and self.best is not None:
-            best = safe_load(self.out_dir / "checkpoints" / "best.pt", formats=(CHECKPOINT_FORMAT,))
-            self.restore_weights(best)
-            print(f"keep_best: final model is epoch {self.best[1]} (held-out PGD-{cfg.monitor_steps} "
-                  f"{self.best[0]:.2f}%)", flush=True)
+        self.host.call("advplug_fit_end", run=self)
         save_model(self.model, self.spec, self.out_dir / "model.pt", epoch=self.epoch)
         self.final_eval = self.evaluate_test()
         (self.out_dir / "final_eval.json").write_text(json.dumps(self.final_eval, indent=2) + "\n")
         self.host.call("advplug_train_end", run=self)
         manifest_mod.write(self, finished=True)
         return self
+
+    def run_epoch(self) -> str | None:
+        """One epoch: schedule, training, monitor, lifecycle hooks, checkpoint. Returns a
+        reason to stop (from ``advplug_should_stop``) or None."""
+        cfg = self.config
+        attack_params = {}
+        if self.schedule is not None:
+            attack_params = self.schedule(schedule_progress(self.epoch, cfg.epochs), self.epoch,
+                                          self.config_threat, dict(self.trainer.params)) or {}
+            self.trainer.set_attack_params(**attack_params)
+        start = time.perf_counter()
+        metrics = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        metrics.update(self.train_epoch())
+        metrics["epoch_time_s"] = time.perf_counter() - start
+        self.check_diverged(metrics)
+        mon_start = time.perf_counter()
+        metrics.update(self.monitor())
+        metrics["monitor_time_s"] = time.perf_counter() - mon_start
+        metrics["eps"] = self.threat.eps
+        metrics.update({f"attack_{k}": v for k, v in attack_params.items() if k != "eps"})
+        self.epoch += 1
+        self.history.append(metrics)
+        self.host.call("advplug_epoch_end", run=self, epoch=self.epoch, metrics=metrics)
+        self.manifest["epoch_times_s"].append(metrics["epoch_time_s"])
+        print(format_epoch(metrics, self.trainer.adversarial, cfg.monitor_steps), flush=True)
+        self.checkpoint()
+        manifest_mod.write(self)
+        return self.host.call_first("advplug_should_stop", run=self, epoch=self.epoch, metrics=metrics)
 
     def check_diverged(self, metrics: dict) -> None:
         """A non-finite training loss is one error, before the epoch is checkpointed:
@@ -394,59 +412,23 @@ class Run:
                                f"{metrics['train_loss']} ({self.config.optimizer} lr {self.config.lr:g}); lower --lr. "
                                f"{kept}")
 
-    # -- catastrophic overfitting and early stopping ---------------------------------
-
-    def weights(self) -> dict:
-        """The model's and the trainer's state, copied (to go back to)."""
-        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                "trainer": self.trainer.state_dict(), "epoch": self.epoch}
-
-    def restore_weights(self, saved: dict) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.trainer.load_state_dict(saved.get("trainer", {}))
-
-    def overfitting_collapse(self, metrics: dict) -> str | None:
-        """With ``co_guard``: a stop reason when held-out PGD accuracy fell by more than
-        ``co_guard`` points in this epoch (the weights of the epoch before are kept)."""
-        guard = self.config.co_guard
-        now = metrics.get("monitor_heldout_pgd_acc")
-        before = self.history[-1].get("monitor_heldout_pgd_acc") if self.history else None
-        reason = None
-        if guard is not None and now is not None and before is not None and before - now > guard:
-            reason = (f"catastrophic overfitting guard: held-out PGD-{self.config.monitor_steps} accuracy fell "
-                      f"from {before:.2f}% to {now:.2f}% in epoch {self.epoch} (more than {guard:g} points); "
-                      f"restored the weights of epoch {self.epoch - 1}")
-        if guard is not None and not reason:
-            self.previous_weights = self.weights()
-        return reason
-
-    def keep_if_best(self, metrics: dict) -> None:
-        acc = metrics.get("monitor_heldout_pgd_acc")
-        if not self.config.keep_best or acc is None or metrics.get("co_guard_triggered"):
-            return
-        if self.best is None or acc > self.best[0]:
-            self.best = (acc, self.epoch)
-            atomic_save({"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "spec": self.spec,
-                         "model": self.model.state_dict(), "trainer": self.trainer.state_dict(),
-                         "heldout_pgd_acc": acc}, self.out_dir / "checkpoints" / "best.pt")
-
     def evaluate_test(self) -> dict:
-        cfg = self.config
+        cfg, threat = self.config, self.config_threat
         x, y = self.data["test"]
         clean, pgd = clean_and_pgd_accuracy(self.model, x[self.test_idx], y[self.test_idx],
-                                            cfg.threat, cfg.eval_steps, device=self.device)
+                                            threat, cfg.eval_steps, device=self.device, registry=self.registry)
         result = {"split": "test", "samples": len(self.test_idx), "eval_seed": cfg.eval_seed,
                   "model_epoch": self.best[1] if cfg.keep_best and self.best else self.epoch,
-                  "threat": {"norm": cfg.norm, "eps": cfg.eps}, "clean_acc": clean,
+                  "threat": {"norm": threat.norm, "eps": threat.eps}, "clean_acc": clean,
                   "pgd_steps": cfg.eval_steps, "pgd_acc": pgd,
-                  "attack": f"torchattacks PGD{'L2' if cfg.norm == 'L2' else ''}, "
-                            f"alpha=2.5*eps/steps, random start, eval mode"}
+                  "attack": f"{MONITOR_ATTACK}:steps={cfg.eval_steps} (torchattacks PGD{'L2' if threat.norm == 'L2' else ''}, "
+                            f"alpha={MADRY_STEP}, random start, eval mode)"}
         n = len(self.test_idx)
         result["clean_ci95"] = list(accuracy_interval(clean, n))
         line = f"test ({n} samples): clean {format_accuracy(clean, n)}"
         if pgd is not None:
             result["pgd_ci95"] = list(accuracy_interval(pgd, n))
-            line += f", PGD-{cfg.eval_steps} ({cfg.threat}) {format_accuracy(pgd, n)}"
+            line += f", PGD-{cfg.eval_steps} ({threat}) {format_accuracy(pgd, n)}"
         line += " (95% CI)"
         print(line, flush=True)
         return result

@@ -31,9 +31,12 @@ aliases=())`` (or ``registry(name, obj)``) once per thing.
 Lifecycle hooks
 ---------------
 The engine calls them with ``run``, the :class:`advplug.engine.Run` in progress (its
-``config``, ``model``, ``trainer``, ``optimizer``, ``out_dir``, ``history`` and
-``epoch``). They must not replace ``run.model``; changing weights is allowed only for
-hooks documented to do so (e.g. restoring a checkpoint before stopping).
+``config``, ``model``, ``trainer``, ``optimizer``, ``out_dir``, ``history``, ``epoch`` and
+``threat``, the threat model in force). They must not replace ``run.model``; changing
+weights is allowed only for hooks documented to do so (``advplug_epoch_end`` before the
+checkpoint, ``advplug_fit_end``). advplug's own metrics writer, catastrophic-overfitting
+guard, keep-best and overfitting plot are plugins on these hooks (:mod:`advplug.lifecycle`).
+Order them with ``@hookimpl(tryfirst=True)`` / ``trylast=True``.
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def advplug_register_schedules(registry):
     ``schedule(t, epoch, threat, params) -> dict`` maps training progress ``t`` in
     [0, 1] (``epoch / (epochs - 1)``: 0 at the first epoch, 1 at the last; 1 for a
     one-epoch run) to the attack parameters for that epoch, e.g. ``{"eps": 0.1,
-    "steps": 20}``. ``epoch`` is the 0-based epoch index, ``threat`` the run's threat
+    "steps": 20}``. ``epoch`` is the 0-based epoch index, ``threat`` the threat the run was configured with
     model, ``params`` the trainer's current parameters (return only keys the trainer
     has). The engine applies the dict through ``Trainer.set_attack_params`` at every
     epoch start and logs it in the metrics (``eps``, ``attack_<key>``).
@@ -158,21 +161,32 @@ def advplug_train_start(run):
 
 @hookspec
 def advplug_epoch_end(run, epoch, metrics):
-    """Called after each epoch with its metrics dict (1-based ``epoch``).
+    """Called after each epoch with its metrics dict (1-based ``epoch``), before the
+    epoch's checkpoint is written; ``run.history[-1]`` is ``metrics``.
 
-    A plugin may add keys to ``metrics``; they are written to ``metrics.jsonl``.
+    A plugin may add keys to ``metrics``; they are written to ``metrics.jsonl`` (by the
+    built-in writer, which runs last). A plugin may restore earlier weights here (the
+    catastrophic-overfitting guard does); the checkpoint then holds them.
     """
 
 
 @hookspec(firstresult=True)
 def advplug_should_stop(run, epoch, metrics):
-    """Return a reason (a non-empty string) to stop training after this epoch, else None.
+    """Return a reason (a non-empty string) to stop training after this epoch, else None;
+    ``metrics`` is the epoch's metrics dict (1-based ``epoch``), as ``advplug_epoch_end`` left it.
 
     The first non-None answer wins. The epoch's checkpoint is already written; the
     reason is printed and recorded in the run manifest. A plugin that restores an
     earlier state (e.g. a catastrophic-overfitting guard) does so here, before
     answering.
     """
+
+
+@hookspec
+def advplug_fit_end(run):
+    """Called once after the last epoch (or an early stop), before the final model is saved
+    and evaluated on the test split: a plugin may put other weights in place here (the
+    built-in keep-best restores its best epoch)."""
 
 
 @hookspec

@@ -141,10 +141,13 @@ class Host:
     def __post_init__(self):
         self.pm = _CheckedPluginManager()
         self.pm.add_hookspecs(hookspecs)
-        from . import builtins
+        from . import builtins, lifecycle
 
         self._register(builtins, BUILTIN_PLUGIN)
         self.plugins[BUILTIN_PLUGIN] = PluginInfo(BUILTIN_PLUGIN, _version("advplug"), "built-in")
+        for cls in lifecycle.PLUGINS:  # the run's lifecycle (metrics, guard, keep-best, plot): plugins too
+            self._register(cls(), cls.name)
+            self.plugins[cls.name] = PluginInfo(cls.name, _version("advplug"), "built-in (lifecycle)")
         eps = self.entry_points
         if eps is None:
             eps = list(metadata.entry_points(group=ENTRY_POINT_GROUP))

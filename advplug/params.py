@@ -337,7 +337,10 @@ def check_params(what: str, given: dict, schema: dict) -> dict:
 def _renamed_step(what: str, given: dict, schema: dict) -> dict:
     """The step size under an earlier name (``alpha_ratio``, ``step_ratio``, ``eps_step``)
     becomes ``alpha`` with a warning, so configs written before the rename still run."""
-    old = [k for k in given if k in RENAMED_STEP_NAMES and k not in schema and "alpha" in schema]
+    alpha = schema.get("alpha")
+    if not (isinstance(alpha, Param) and alpha.kind == STEP):  # an alpha that is not a step size is left alone
+        return given
+    old = [k for k in given if k in RENAMED_STEP_NAMES and k not in schema]
     if not old:
         return given
     if "alpha" in given or len(old) > 1:

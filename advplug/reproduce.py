@@ -76,7 +76,7 @@ def run_reproduce(names, seeds=None, *, quick: bool = False, n_eval: int | None 
     """Train, evaluate and check the recipes ``names`` (several: one table, and time ratios
     against the first). Returns the summary also written to ``OUT/reproduce.json``."""
     from .engine import resolve_device
-    from .evaluate import resolve_attacks
+    from .evaluation import resolve_attacks
     from .host import get_host
     from .config import make_config
     from .rundir import check_output_dir
@@ -145,7 +145,7 @@ def run_reproduce(names, seeds=None, *, quick: bool = False, n_eval: int | None 
 
 
 def _evaluate(mine, configs, cfg, n, out, device, batch_size, data_root, verify_checksums, registry, progress):
-    from .evaluate import run_evaluation
+    from .evaluation import run_evaluation
     from .modelio import load_model_and_spec
 
     models = {label: load_model_and_spec(Path(configs[label].out) / "model.pt", device=device, registry=registry)

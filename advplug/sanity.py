@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from .evaluate import TestSet, predictions_correct
 from .attacks.base import build_attack
+from .testset import TestSet, predictions_correct
 from .threat import Threat
 
 TOLERANCE = 1.0  # accuracy points of slack for sampling noise

@@ -175,7 +175,7 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
     A variant's finished run is reused (an interrupted one resumed) only when it was
     trained with the same settings; runs with other settings are refused, all listed,
     before anything trains (``overwrite``: they are retrained)."""
-    from .evaluate import resolve_attacks
+    from .evaluation import resolve_attacks
     from .host import get_host
     from .rundir import check_output_dir
 
@@ -248,7 +248,7 @@ def _evaluate_variants(configs: dict, out: Path, *, attacks, test_subset, eval_s
     in ``out/results/`` and reused while the model's weights, the attack and its parameters,
     the threat, the test images, seed and batch size are unchanged, so a variant added to a
     study is the only one evaluated, and a killed evaluation goes on where it stopped."""
-    from .evaluate import run_evaluation
+    from .evaluation import run_evaluation
     from .modelio import load_model_and_spec
 
     cfg = next(iter(configs.values()))

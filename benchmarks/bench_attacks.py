@@ -11,7 +11,7 @@ import torch
 import advplug
 from advplug.attacks.base import build_attack, eval_frozen
 from advplug.data import BUILTIN_DATASETS
-from advplug.evaluate import load_test_set, predictions_correct
+from advplug.evaluation import load_test_set, predictions_correct
 from advplug.threat import Threat
 
 

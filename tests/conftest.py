@@ -1,4 +1,8 @@
+import importlib.metadata
 import os
+import sys
+import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -61,3 +65,23 @@ def mnist_images(data_root, n: int, train: bool = True):
 
     x, y = load_split(BUILTIN_DATASETS["mnist"], train, data_root=data_root)
     return x[:n].float() / 255, y[:n]
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """Write a plugin module into tmp_path; return an entry point that loads it.
+
+    Module names are unique per call so no test sees another test's cached module.
+    """
+    monkeypatch.syspath_prepend(str(tmp_path))
+    created = []
+
+    def make(ep_name, source):
+        modname = f"advplug_test_{ep_name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{modname}.py").write_text(textwrap.dedent(source))
+        created.append(modname)
+        return importlib.metadata.EntryPoint(name=ep_name, value=modname, group="advplug")
+
+    yield make
+    for modname in created:
+        sys.modules.pop(modname, None)

@@ -196,7 +196,7 @@ def test_activation_flag_merges_with_config_model_params(tmp_path, monkeypatch):
 def test_a_config_file_starts_from_another_and_its_own_keys_win(tmp_path, data_root, capsys):
     from advplug.config import make_config, read_config_file
 
-    (tmp_path / "base.toml").write_text('epochs = 4\nlr = 0.01\n[model_params]\nwidth = 8\nactivation = "relu"\n')
+    (tmp_path / "base.toml").write_text('epochs = 4\nlr = 0.01\nmodel = "resnet18"\n[model_params]\nwidth = 8\nactivation = "relu"\n')
     (tmp_path / "mid.toml").write_text('config = "base.toml"\nepochs = 2\n[model_params]\nactivation = "silu"\n')
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "run.toml").write_text('config = "../mid.toml"\nseed = 3\n')

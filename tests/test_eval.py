@@ -9,7 +9,7 @@ from torch import nn
 from advplug import cli
 from advplug.attacks.base import attack_factory, build_attack
 from advplug.errors import AdvplugError
-from advplug.evaluate import evaluate_model, load_test_set
+from advplug.evaluation import evaluate_model, load_test_set
 from advplug.host import get_host
 from advplug.models.common import Normalize
 from advplug.registries import Registrar

@@ -16,7 +16,7 @@ from advplug import cli
 from advplug.attacks.base import attack_factory
 from advplug.data import BUILTIN_DATASETS
 from advplug.errors import AdvplugError
-from advplug.evaluate import evaluate_model, load_test_set, model_labels
+from advplug.evaluation import evaluate_model, load_test_set, model_labels
 from advplug.host import get_host
 from advplug.registries import Registrar
 from advplug.threat import Threat

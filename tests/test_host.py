@@ -1,10 +1,8 @@
 """The plugin host: built-ins through the hooks, entry-point discovery with fault
 isolation, name clashes, lifecycle calls, ``advplug plugins`` and registry errors."""
-import importlib.metadata
 import json
 import sys
-import textwrap
-import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,26 +15,6 @@ from advplug.registries import KINDS, Registry
 BUILTIN_TRAINERS = {"standard", "pgd-at", "fgsm-rs", "free-at", "fgsm-ga", "fgsm-ckpt"}
 BUILTIN_MODELS = {"mnist-cnn", "preact-resnet18", "resnet18", "wrn-34-10", "wong2020-mnist", "madry2018-mnist"}
 BUILTIN_DATASETS = {"mnist", "cifar10", "cifar100", "svhn"}
-
-
-@pytest.fixture
-def plugin_module(tmp_path, monkeypatch):
-    """Write a plugin module into tmp_path; return an entry point that loads it.
-
-    Module names are unique per call so no test sees another test's cached module.
-    """
-    monkeypatch.syspath_prepend(str(tmp_path))
-    created = []
-
-    def make(ep_name, source):
-        modname = f"advplug_test_{ep_name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-        (tmp_path / f"{modname}.py").write_text(textwrap.dedent(source))
-        created.append(modname)
-        return importlib.metadata.EntryPoint(name=ep_name, value=modname, group="advplug")
-
-    yield make
-    for modname in created:
-        sys.modules.pop(modname, None)
 
 
 GOOD_PLUGIN = '''
@@ -169,7 +147,9 @@ def test_good_plugin_registers_a_trainer(plugin_module):
     # built-ins are still there, from advplug
     assert BUILTIN_TRAINERS <= set(host.registry.names("trainers"))
     rows = {r["name"]: r for r in host.describe()}
-    assert set(rows) == {"advplug", "noisy-plugin"}
+    lifecycle = {"advplug.metrics", "advplug.plot", "advplug.keep-best", "advplug.co-guard"}
+    assert set(rows) == {"advplug", *lifecycle, "noisy-plugin"}
+    assert all(rows[name]["source"] == "built-in (lifecycle)" and not rows[name]["registered"] for name in lifecycle)
     assert rows["noisy-plugin"]["registered"] == {"trainers": ["noisy"]}
     assert rows["noisy-plugin"]["errors"] == []
     assert ep.value in rows["noisy-plugin"]["source"]
@@ -345,14 +325,17 @@ class _Recorder:
         return self.result
 
 
-def test_call_isolates_a_raising_implementation(capsys):
+def test_call_isolates_a_raising_implementation(capsys, tmp_path):
     host = Host(entry_points=[])
     calls = []
     host.register(_Recorder("a", result="ra", calls=calls), name="a")
     host.register(_Recorder("boom", fail=True, calls=calls), name="boom")
     host.register(_Recorder("c", result="rc", calls=calls), name="c")
     metrics = {}
-    results = host.call("advplug_epoch_end", run=None, epoch=3, metrics=metrics)
+    # the built-in lifecycle plugins (metrics writer, guard, keep-best, plot) answer too: a run they can read
+    run = SimpleNamespace(config=SimpleNamespace(co_guard=None, keep_best=False, plot=False, monitor_size=0),
+                          out_dir=tmp_path, history=[metrics])
+    results = host.call("advplug_epoch_end", run=run, epoch=3, metrics=metrics)
     assert sorted(calls) == ["a", "boom", "c"]  # every implementation was called once
     assert sorted(results) == ["ra", "rc"]
     assert metrics == {"a": 3, "c": 3}
@@ -360,6 +343,7 @@ def test_call_isolates_a_raising_implementation(capsys):
     assert host.errors[0].plugin == "boom" and host.errors[0].where == "advplug_epoch_end"
     assert "boom crashed" in host.errors[0].error
     assert "boom crashed" in capsys.readouterr().err
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"a": 3, "c": 3}  # the writer runs last
 
 
 def test_call_first_returns_the_first_non_none():

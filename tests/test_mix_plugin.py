@@ -196,9 +196,11 @@ def test_schedule_changing_eps_rebinds_the_sampler(model, mnist):
     x, y = mnist[0][:16], mnist[1][:16]
     sampler = MixedRatioSampler(ratio="0:100", attacks="fgsm")
     trainer = SampledTrainer(model, LINF, sampler, name="mixed-ratio")
-    trainer.bind(SimpleNamespace(config=SimpleNamespace(seed=0), registry=advplug.registry(),
-                                 device=torch.device("cpu")))
-    trainer.set_attack_params(eps=0.1)
+    run = SimpleNamespace(config=SimpleNamespace(seed=0), registry=advplug.registry(), device=torch.device("cpu"),
+                          threat=LINF)
+    run.set_eps = lambda eps: (setattr(run, "threat", Threat("Linf", eps)), trainer.threat_changed())
+    trainer.bind(run)
+    trainer.set_attack_params(eps=0.1)  # through the run, which owns the threat (as Run.set_eps)
     out = trainer.step(x, y)
     assert out.loss.requires_grad and trainer.global_step == 1
     assert torch.allclose(norms(sampler.sample(x, y, 0).x - x, "Linf"), torch.tensor(0.1))

@@ -80,7 +80,7 @@ class Recipe:
 
 
 def split_attacks(attacks: str) -> list[str]:
-    from ..evaluate import split_attack_list
+    from ..evaluation import split_attack_list
 
     return split_attack_list(attacks)
 

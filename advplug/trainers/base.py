@@ -53,9 +53,15 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, threat: Threat, **params):
         self.model = model
-        self.threat = threat
+        self._threat = threat
         self.params = check_params(f"trainer {self.name!r}", params, self.param_schema)
         self.run = None
+
+    @property
+    def threat(self) -> Threat:
+        """The threat in force: the run's (``run.threat``, which a schedule changes through
+        ``set_attack_params(eps=...)``) once bound, else the one the trainer was built with."""
+        return self.run.threat if self.run is not None else self._threat
 
     def bind(self, run) -> None:
         """Called once by the engine with the run (optimizer, LR scheduler, config, loader)."""
@@ -65,12 +71,21 @@ class Trainer:
         raise NotImplementedError
 
     def set_attack_params(self, **values):
-        """Called by schedules each epoch: ``eps`` changes the threat's radius, other
-        keys the trainer's parameters of that name."""
+        """Called by schedules each epoch: ``eps`` changes the radius of the run's threat
+        (:meth:`advplug.engine.Run.set_eps`, the one method that does), other keys the
+        trainer's parameters of that name."""
         values = dict(values)
         if "eps" in values:
-            self.threat = Threat(self.threat.norm, values.pop("eps"))
+            eps = values.pop("eps")
+            if self.run is not None:
+                self.run.set_eps(eps)
+            else:
+                self._threat = Threat(self._threat.norm, eps)
         self.params.update(check_params(f"trainer {self.name!r}", values, self.param_schema))
+
+    def threat_changed(self) -> None:
+        """Called by the run after ε changed; a trainer that built things from the threat
+        (attacks, a sampler) builds them again here."""
 
     def epoch_metrics(self) -> dict:
         """Called by the engine after each epoch's batches: extra numbers for that epoch's

@@ -35,11 +35,9 @@ class SampledTrainer(Trainer):
         self.sampler.bind(SamplerContext(model=self.model, threat=self.threat, seed=run.config.seed,
                                          registry=run.registry, device=run.device, run=run))
 
-    def set_attack_params(self, **values):
-        """A schedule may change ε; the sampler is bound again with the new threat."""
-        super().set_attack_params(**values)
-        if self.run is not None and "eps" in values:
-            self._bind_sampler()
+    def threat_changed(self):
+        """A schedule changed ε: the sampler is bound again with the new threat."""
+        self._bind_sampler()
 
     def step(self, x, y):
         batch = self.sampler.sample(x, y, self.global_step)

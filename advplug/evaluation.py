@@ -1,6 +1,9 @@
 """Robustness evaluation: every model on the identical test samples, fresh adversarial
 examples per attack, per-sample worst case over all attacks.
 
+``advplug.evaluate(models, ...)`` is :func:`evaluate`, the Python API of ``advplug eval``:
+the same code path, the same numbers.
+
 No number is printed wrong without a word:
 
 * a model whose logits hold NaN or inf is one error (any accuracy from it is meaningless);
@@ -20,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .attacks.base import build_attack, eval_frozen, resolve_attack, split_attack_list
-from .data import load_split, subset_indices
 from .errors import AdvplugError, warn
-from .fingerprint import changed_tensors, json_digest, model_identity, state_digests
+from .fingerprint import changed_tensors, model_identity, state_digests
+from .sanity import run_sanity_checks
+# the test images and per-sample scoring live in advplug.testset (shared with advplug.sanity,
+# which imports it, not this module); re-exported here (see __all__) for existing callers
+from .testset import TestSet, load_test_set, nonfinite_logits_error, predictions_correct
 from .threat import Threat, parse_norm
 
 #: the seed study's MNIST protocol: FGSM and 20-step PGD at Linf ε = 0.3, CW-L2 with 30
@@ -35,32 +40,13 @@ DEFAULT_ATTACKS = "fgsm,pgd:steps=20,apgd"
 #: libraries whose versions are part of a stored result's key
 RESULT_VERSIONS = ("advplug", "torch", "torchattacks", "adversarial-robustness-toolbox", "pyautoattack")
 
+__all__ = ["DEFAULT_ATTACKS", "MNIST_PROTOCOL", "AttackSpec", "TestSet", "check_same_dataset", "default_attacks",
+           "evaluate", "evaluate_model", "load_test_set", "model_labels", "nonfinite_logits_error",
+           "predictions_correct", "resolve_attacks", "run_evaluation"]
+
 
 def default_attacks(dataset: str) -> str:
     return MNIST_PROTOCOL if dataset == "mnist" else DEFAULT_ATTACKS
-
-
-@dataclass
-class TestSet:
-    dataset: str
-    x: torch.Tensor  # uint8 NCHW
-    y: torch.Tensor
-    indices: torch.Tensor
-    seed: int
-
-    @property
-    def identity(self) -> dict:
-        """What a stored result must match: the dataset and the exact test indices."""
-        return {"dataset": self.dataset, "samples": len(self.y), "indices": json_digest(self.indices.tolist())}
-
-
-def load_test_set(spec, n=None, seed=42, **load_kwargs) -> TestSet:
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise AdvplugError(f"--test-subset must be a whole number >= 1 (or left out for the whole test split), "
-                           f"got {n!r}")
-    x, y = load_split(spec, False, **load_kwargs)
-    idx = subset_indices(len(y), None if n is None else min(n, len(y)), seed)
-    return TestSet(spec.name, x[idx], y[idx], idx, seed)
 
 
 @dataclass(frozen=True)
@@ -94,55 +80,25 @@ def resolve_attacks(registry, attacks: str, threat: Threat) -> list[AttackSpec]:
     return specs
 
 
-def _batches(test: TestSet, batch_size, device):
-    for start in range(0, len(test.y), batch_size):
-        x = test.x[start:start + batch_size].to(device).float().div_(255)
-        yield start, x, test.y[start:start + batch_size].to(device)
-
-
-def nonfinite_logits_error(what: str, bad: int, total: int) -> AdvplugError:
-    """Non-finite logits mean nothing (``argmax`` of NaN picks a class, and that counted as
-    correct ~10% of the time): one error instead of an accuracy."""
-    return AdvplugError(f"{what}: the model returned non-finite logits (NaN/inf) for {bad} of {total} inputs; "
-                        f"its accuracy would be meaningless (diverged training, or a numerical problem in the model)")
-
-
-def predictions_correct(model, test, batch_size, device, attack=None, desc=None, progress=False,
-                        what="model") -> torch.Tensor:
-    """Per-sample bool: is the model right on (attacked) sample i."""
-    out = torch.zeros(len(test.y), dtype=torch.bool)
-    bar = tqdm(total=len(test.y), desc=desc, disable=not progress, leave=False, unit="img")
-    for start, x, y in _batches(test, batch_size, device):
-        if attack is not None:
-            x = attack(x, y)
-        with torch.no_grad():
-            logits = model(x)
-        # one transfer per batch: correct and finite together
-        correct, finite = torch.stack([logits.argmax(1) == y, torch.isfinite(logits).all(1)]).cpu()
-        if not finite.all():
-            raise nonfinite_logits_error(what, int((~finite).sum()), len(finite))
-        out[start:start + len(y)] = correct
-        bar.update(len(y))
-    bar.close()
-    return out
-
-
 def evaluate_model(model, test: TestSet, attacks, threat: Threat, registry, batch_size=256,
-                   device="cpu", seed=42, progress=False, *, name="model", spec=None, store=None) -> dict:
+                   device="cpu", seed=42, progress=False, *, name="model", spec=None, store=None,
+                   verbose=True) -> dict:
     """Clean and per-attack robust accuracy, worst case, mean, gap and time per attack.
 
     ``attacks`` is a comma-separated string or a list of :class:`AttackSpec`; ``store`` a
     :class:`advplug.result_store.ResultStore` to write each finished result to and reuse
-    matching ones from; ``name`` and ``spec`` name and describe the model."""
+    matching ones from; ``name`` and ``spec`` name and describe the model; ``verbose=False``
+    leaves out the line saying a stored result is reused."""
     if isinstance(attacks, str):
         attacks = resolve_attacks(registry, attacks, threat)
     model = model.to(device)
     with eval_frozen(model):  # attacks need input gradients only; leave none on the model
         return _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, progress, name,
-                         spec, store)
+                         spec, store, verbose)
 
 
-def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, progress, name, spec, store):
+def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, progress, name, spec, store,
+              verbose):
     n = len(test.y)
     digests = state_digests(model)
     identity = model_identity(model, digests, spec)
@@ -155,8 +111,9 @@ def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, 
         if stored is not None:
             row, correct, when = stored
             row = {**row, "reused_from": when}
-            print(f"[eval] {name} / {attack_spec.text}: reusing the result computed {when} "
-                  f"({store.path(key)})", flush=True)
+            if verbose:
+                print(f"[eval] {name} / {attack_spec.text}: reusing the result computed {when} "
+                      f"({store.path(key)})", flush=True)
         else:
             row, correct = _attack_row(model, test, attack_spec, threat, registry, batch_size, device, seed,
                                        progress, name, digests)
@@ -252,8 +209,11 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
                    eps=None, test_subset: int | None = None, seed: int = 42, data_root=None,
                    verify_checksums: bool = True, batch_size: int = 256, device: str = "cpu",
                    sanity: bool = False, sanity_samples: int = 200, out=None, registry=None,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, verbose: bool = True) -> dict:
     """Evaluate ``{name: (model, spec)}`` on one identical test subset; write reports to ``out``.
+
+    Prints the table, its notes and where the reports went (what ``advplug eval`` shows);
+    ``verbose=False`` prints none of it (warnings still go to stderr).
 
     With ``out``, every finished (model, attack) result is kept in ``out/results/`` as it
     completes; a rerun (of a killed evaluation, or with a model or attack added) reuses
@@ -262,7 +222,6 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     from .host import get_host
     from .report import interval_note, reused_note, text_table, write_reports
     from .result_store import ResultStore
-    from .sanity import run_sanity_checks
     from .threat import threat_warning
 
     registry = registry or get_host().registry
@@ -286,7 +245,7 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     results = {}
     for name, (model, model_spec) in models.items():
         results[name] = evaluate_model(model, test, attack_specs, threat, registry, batch_size, device, seed,
-                                       progress, name=name, spec=model_spec, store=store)
+                                       progress, name=name, spec=model_spec, store=store, verbose=verbose)
         if sanity:
             results[name]["sanity"] = run_sanity_checks(model, test, threat, registry, device, sanity_samples,
                                                         batch_size)
@@ -297,19 +256,104 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
               for name, res in results.items()}
     if any(reused.values()):
         meta["reused"] = {name: attacks for name, attacks in reused.items() if attacks}
-    print(text_table(results))
-    print(interval_note(len(test.y)))
-    for name, res in results.items():
-        for row in res["attacks"]:
-            if row.get("note"):
-                print(f"note: {name} / {row['attack']}: {row['note']}")
-        for check in res.get("sanity", []):
-            status = "ok  " if check["passed"] else "WARN"
-            print(f"sanity {status} {name}: {check['check']}  {check['values']}")
-    note = reused_note(meta)
-    if note:
-        print(note)
+    if verbose:
+        print(text_table(results))
+        print(interval_note(len(test.y)))
+        for name, res in results.items():
+            for row in res["attacks"]:
+                if row.get("note"):
+                    print(f"note: {name} / {row['attack']}: {row['note']}")
+            for check in res.get("sanity", []):
+                status = "ok  " if check["passed"] else "WARN"
+                print(f"sanity {status} {name}: {check['check']}  {check['values']}")
+        note = reused_note(meta)
+        if note:
+            print(note)
     if out:
         json_path, md_path = write_reports(out, results, meta)
-        print(f"written: {json_path}, {md_path}")
+        if verbose:
+            print(f"written: {json_path}, {md_path}")
     return {"meta": meta, "results": results}
+
+
+def evaluate(models, *, dataset: str | None = None, attacks: str | None = None, eps=None, norm: str = "Linf",
+             test_subset: int | None = None, seed: int = 42, batch_size: int = 256, device=None, data_root=None,
+             verify_checksums: bool = True, sanity: bool = False, sanity_samples: int = 200, out=None,
+             verbose: bool = False, progress: bool = False, registry=None) -> dict:
+    """Evaluate models against attacks on one identical test subset: what ``advplug eval``
+    computes, through the same code (:func:`run_evaluation`), so the numbers are the same.
+
+    ``models``: a model file saved by advplug (``model.pt`` or a checkpoint), a list of them
+    (labelled as ``advplug eval`` labels them, e.g. ``"pgd/model.pt"``), one ``nn.Module``
+    (labelled ``"model"``), or a dict label -> file or ``nn.Module``. A module is evaluated
+    as given (moved to ``device``; its mode and ``requires_grad`` flags are restored).
+    ``dataset``: default the one the model files were trained on (required with modules).
+    ``attacks``: comma-separated specs, e.g. ``"fgsm,pgd:steps=20"`` (default: the
+    dataset's protocol, as ``advplug eval``). ``eps``: in pixel space, a number or a string
+    like ``"8/255"``; default the dataset's for ``norm`` (MNIST Linf 0.3). ``device``:
+    default the device of the first module given, else CUDA when available
+    (``advplug eval --device auto``). ``out``: a folder for ``eval.json``, ``eval.md`` and
+    each finished result, reused on a rerun (default: nothing is written). ``verbose``:
+    print the table and its notes as ``advplug eval`` does.
+
+    Returns ``{"meta": ..., "results": ...}``: ``meta`` has ``dataset``, ``threat``,
+    ``attacks``, ``samples`` (test images), ``seed`` and ``test_indices``;
+    ``results[label]`` has ``clean_acc``, ``worst_case_acc`` (per sample, the worst over all
+    attacks), ``mean_robust_acc``, ``best_minus_worst``, ``clean_ci95`` and ``attacks``:
+    one row per attack with ``attack`` (the spec as given), ``robust_acc``, ``ci95`` (95%
+    Wilson interval), ``seconds`` and ``_correct`` (per-sample bool tensor). Accuracies are
+    in %. ``advplug.report.text_table(result["results"])`` is the table ``advplug eval``
+    prints. Bad input (an unknown attack, parameter or dataset) is one AdvplugError before
+    any work."""
+    from os import PathLike
+
+    from torch import nn
+
+    from .engine import resolve_device
+    from .host import get_host
+    from .modelio import load_model_and_spec
+    from .report import with_intervals
+    from .rundir import check_output_dir
+
+    registry = registry or get_host().registry
+    if isinstance(models, (str, PathLike, nn.Module)):
+        models = [models]
+    if isinstance(models, dict):
+        given = list(models.items())
+    else:
+        given = list(models)
+        modules = [m for m in given if isinstance(m, nn.Module)]
+        if modules:
+            if len(given) > 1:
+                raise AdvplugError("give several nn.Module models as a dict label -> model (a list holds files)")
+            given = [("model", modules[0])]
+        else:
+            given = list(zip(model_labels(given), given))
+    if not given:
+        raise AdvplugError("nothing to evaluate: pass a model file, a list of them, or a dict label -> model")
+    if device is None:
+        first = next((m for _, m in given if isinstance(m, nn.Module)), None)
+        param = next(iter(first.parameters()), None) if first is not None else None
+        device = param.device if param is not None else resolve_device("auto")
+    else:
+        device = resolve_device(str(device))
+    loaded = {}
+    for label, model in given:
+        if isinstance(model, nn.Module):
+            loaded[str(label)] = (model, None)
+        elif isinstance(model, (str, PathLike)):
+            loaded[str(label)] = load_model_and_spec(model, device, registry)
+        else:
+            raise AdvplugError(f"model {label!r} is a {type(model).__name__}; give a model file or an nn.Module")
+    if dataset is None and any(spec is None for _, spec in loaded.values()):
+        raise AdvplugError("pass dataset=...: a model given as an nn.Module does not say which dataset it is for")
+    if out is not None:
+        check_output_dir(out, flag="out")
+    result = run_evaluation(loaded, dataset=dataset, attacks=attacks, norm=norm, eps=eps, test_subset=test_subset,
+                            seed=seed, data_root=data_root, verify_checksums=verify_checksums,
+                            batch_size=batch_size, device=str(device), sanity=sanity,
+                            sanity_samples=sanity_samples, out=out, registry=registry, progress=progress,
+                            verbose=verbose)
+    samples = result["meta"]["samples"]
+    result["results"] = {name: with_intervals(res, samples) for name, res in result["results"].items()}
+    return result
