@@ -80,12 +80,15 @@ class Threat:
         """Project δ onto the ε-ball and so that x + δ stays in [0, 1]."""
         return (x + self.project_ball(delta)).clamp(0.0, 1.0) - x
 
+    def sizes(self, delta: torch.Tensor) -> torch.Tensor:
+        """Each sample's perturbation size in this threat's norm (shape ``(N,)``)."""
+        d = delta.flatten(1)
+        return d.abs().amax(1) if self.norm == "Linf" else d.norm(dim=1)
+
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, tol: float = 1e-5) -> bool:
         """True when x_adv is in [0, 1] and inside the ball around x."""
-        d = (x_adv - x).flatten(1)
-        size = d.abs().amax(1) if self.norm == "Linf" else d.norm(dim=1)
         in_box = bool(((x_adv >= -tol) & (x_adv <= 1 + tol)).all())
-        return in_box and bool((size <= self.eps + tol).all())
+        return in_box and bool((self.sizes(x_adv - x) <= self.eps + tol).all())
 
     def __str__(self) -> str:
         return f"{self.norm} ε={self.eps:g}"

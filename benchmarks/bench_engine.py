@@ -23,6 +23,7 @@ import torchattacks
 from advplug.config import make_config
 from advplug.engine import Run
 from advplug.monitor import clean_and_pgd_accuracy
+from advplug.params import MADRY_STEP, resolve_step
 
 
 def batches(run):
@@ -83,7 +84,7 @@ def bench(trainer, subset, repeats, steps=10, eps=0.3):
     run.write_start_files()
     init = {k: v.clone() for k, v in run.model.state_dict().items()}
     data = batches(run)
-    alpha = 2.5 * eps / steps
+    alpha = resolve_step(MADRY_STEP, eps, steps)
     contenders = {"bare": None, "advplug": None}
     if trainer == "pgd-at":
         contenders["torchattacks"] = None

@@ -110,8 +110,7 @@ class CheckedAttack:
         finite = torch.isfinite(x_adv.flatten(1)).all(1)
         x_adv = torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x_adv, x)
         if self.info.minimal:
-            delta = (x_adv - x).flatten(1)
-            norm = delta.abs().amax(1) if self.threat.norm == "Linf" else delta.norm(dim=1)
+            norm = self.threat.sizes(x_adv - x)
             self.perturbation_norms.append(torch.where(finite, norm, torch.nan))  # NaN: left out of the median
             x_adv = x + self.threat.project(x_adv - x, x)
         self._check(x_adv, x, finite)
@@ -128,8 +127,7 @@ class CheckedAttack:
 
     def _check(self, x_adv, x, finite, tol=1e-5):
         """Count the non-finite rows and check box and ball, with one read from the device."""
-        d = (x_adv - x).flatten(1)
-        size = (d.abs().amax(1) if self.threat.norm == "Linf" else d.norm(dim=1)).max()
+        size = self.threat.sizes(x_adv - x).max()
         bad, low, high, size = torch.stack([(~finite).sum().to(x_adv.dtype), x_adv.min(), x_adv.max(),
                                             size]).tolist()
         self.nonfinite += int(bad)

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 
 from advplug.attacks.base import attack_factory
 from advplug.errors import AdvplugError
-from advplug.params import check_params, choice, integer, number, param_defaults
+from advplug.params import check_params, choice, integer, number, param_defaults, resolve_step, step_size
 
 PARAMS = {
     "sigma": number(0.001, low=0, low_open=True, help="sampling scale σ, in pixel units"),
     "samples_per_draw": integer(50, low=2, help="n: queries per gradient estimate (n/2 antithetic pairs); even"),
     "max_queries": integer(10000, low=1, help="query budget per sample, the clean prediction included"),
-    "alpha": number(None, low=0, low_open=True, help="step size; none: ε/10"),
+    "alpha": step_size("0.1eps", help="step size α: a number (pixel space) or a multiple of ε (default ε/10)"),
     "loss": choice("ce", ("ce", "margin"), help="ce (cross-entropy) or margin (CW: max_{j≠y} z_j - z_y)"),
     "seed": integer(0, low=0, help="seeds a local torch.Generator at every call"),
 }
@@ -53,7 +53,7 @@ class NESAttack:
         self.model = model
         self.threat = threat
         self.sigma, self.samples_per_draw, self.max_queries = p["sigma"], p["samples_per_draw"], p["max_queries"]
-        self.alpha = threat.eps / 10 if p["alpha"] is None else p["alpha"]
+        self.alpha = resolve_step(p["alpha"], threat.eps)
         self.loss, self.seed = p["loss"], p["seed"]
         self.last_queries = None
         self.last_query_counts = None
