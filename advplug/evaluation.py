@@ -28,6 +28,7 @@ from .attacks.base import build_attack, eval_frozen, resolve_attack, split_attac
 from .errors import AdvplugError, warn
 from .fingerprint import changed_tensors, model_identity, state_digests
 from .sanity import run_sanity_checks
+from .stochastic import is_stochastic
 # the test images and per-sample scoring live in advplug.testset (shared with advplug.sanity,
 # which imports it, not this module); re-exported here (see __all__) for existing callers
 from .testset import TestSet, load_test_set, nonfinite_logits_error, predictions_correct
@@ -205,15 +206,56 @@ def model_labels(paths) -> list[str]:
     return labels
 
 
+#: the EOT attack added for a stochastic model (``{n}``: gradient samples per step)
+EOT_PGD = "eotpgd:steps=20,eot_iter={n}"
+#: AutoAttack's version for randomized defenses (APGD-CE and APGD-DLR with EOT)
+EOT_AUTOATTACK = "autoattack:version=rand"
+
+
+def is_eot(attack: AttackSpec) -> bool:
+    """An attack that averages gradients over the model's randomness (expectation over
+    transformation): EOT-PGD, or AutoAttack's ``rand`` version."""
+    return attack.name == "torchattacks:eotpgd" or attack.params.get("version") == "rand"
+
+
+def eot_attacks(registry, attacks: list, threat: Threat, samples: int) -> list:
+    """The EOT attacks a stochastic model meets besides ``attacks``: EOT-PGD with ``samples``
+    gradient samples per step (unless one is given), and AutoAttack ``rand`` where the list
+    holds another AutoAttack version."""
+    extra = []
+    if not any(a.name == "torchattacks:eotpgd" for a in attacks):
+        extra.append(EOT_PGD.format(n=samples))
+    if any(a.name.endswith("autoattack") and not is_eot(a) for a in attacks) and not any(
+            a.name.endswith("autoattack") and is_eot(a) for a in attacks):
+        extra.append(EOT_AUTOATTACK)
+    return [s for text in extra for s in resolve_attacks(registry, text, threat)]
+
+
+def stochastic_note(name: str, attacks: list) -> str:
+    """What the report says of a stochastic model: whether EOT attacks met it."""
+    eot = [a.text for a in attacks if is_eot(a)]
+    if eot:
+        return (f"model {name} is stochastic (two forward passes of the same batch differ): attacked with expectation "
+                f"over transformation too ({', '.join(eot)}); single-shot attacks can be fooled by its randomness, "
+                f"compare their columns with the EOT ones; clean and robust accuracies are one random draw each")
+    return (f"model {name} is stochastic (two forward passes of the same batch differ) but only single-shot attacks "
+            f"met it: its robust accuracies may be overestimated; drop --no-eot or add eotpgd / "
+            f"autoattack:version=rand")
+
+
 def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None = None, norm: str = "Linf",
                    eps=None, test_subset: int | None = None, seed: int = 42, data_root=None,
                    verify_checksums: bool = True, batch_size: int = 256, device: str = "cpu",
                    sanity: bool = False, sanity_samples: int = 200, out=None, registry=None,
-                   progress: bool = False, verbose: bool = True) -> dict:
+                   progress: bool = False, verbose: bool = True, eot_samples: int | None = 20) -> dict:
     """Evaluate ``{name: (model, spec)}`` on one identical test subset; write reports to ``out``.
 
     Prints the table, its notes and where the reports went (what ``advplug eval`` shows);
     ``verbose=False`` prints none of it (warnings still go to stderr).
+
+    A stochastic model (:func:`advplug.stochastic.is_stochastic` on the first test batch)
+    also meets EOT attacks (:func:`eot_attacks`, ``eot_samples`` gradient samples per
+    step; ``None``: the given attacks only, with a warning) and the report says so.
 
     With ``out``, every finished (model, attack) result is kept in ``out/results/`` as it
     completes; a rerun (of a killed evaluation, or with a model or attack added) reuses
@@ -241,11 +283,24 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     attacks = attacks or default_attacks(dataset)
     attack_specs = resolve_attacks(registry, attacks, threat)  # bad names or parameters fail before any work
     test = load_test_set(spec, test_subset, seed, data_root=data_root, verify_checksums=verify_checksums)
+    if eot_samples is not None and (isinstance(eot_samples, bool) or not isinstance(eot_samples, int)
+                                    or eot_samples < 1):
+        raise AdvplugError(f"--eot-samples must be a whole number >= 1, got {eot_samples!r}")
     store = ResultStore(out) if out else None
     results = {}
+    probe = test.x[:batch_size].to(device).float().div(255)
     for name, (model, model_spec) in models.items():
-        results[name] = evaluate_model(model, test, attack_specs, threat, registry, batch_size, device, seed,
+        stochastic = is_stochastic(model.to(device), probe)
+        model_attacks = attack_specs
+        if stochastic and eot_samples is not None:
+            model_attacks = attack_specs + eot_attacks(registry, attack_specs, threat, eot_samples)
+        results[name] = evaluate_model(model, test, model_attacks, threat, registry, batch_size, device, seed,
                                        progress, name=name, spec=model_spec, store=store, verbose=verbose)
+        results[name]["stochastic"] = stochastic
+        if stochastic:
+            results[name]["stochastic_note"] = note = stochastic_note(name, model_attacks)
+            if not any(is_eot(a) for a in model_attacks):
+                warn(note)
         if sanity:
             results[name]["sanity"] = run_sanity_checks(model, test, threat, registry, device, sanity_samples,
                                                         batch_size)
@@ -263,6 +318,8 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
             for row in res["attacks"]:
                 if row.get("note"):
                     print(f"note: {name} / {row['attack']}: {row['note']}")
+            if res.get("stochastic_note"):
+                print(f"note: {res['stochastic_note']}")
             for check in res.get("sanity", []):
                 status = "ok  " if check["passed"] else "WARN"
                 print(f"sanity {status} {name}: {check['check']}  {check['values']}")
@@ -279,7 +336,7 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
 def evaluate(models, *, dataset: str | None = None, attacks: str | None = None, eps=None, norm: str = "Linf",
              test_subset: int | None = None, seed: int = 42, batch_size: int = 256, device=None, data_root=None,
              verify_checksums: bool = True, sanity: bool = False, sanity_samples: int = 200, out=None,
-             verbose: bool = False, progress: bool = False, registry=None) -> dict:
+             verbose: bool = False, progress: bool = False, registry=None, eot_samples: int | None = 20) -> dict:
     """Evaluate models against attacks on one identical test subset: what ``advplug eval``
     computes, through the same code (:func:`run_evaluation`), so the numbers are the same.
 
@@ -294,7 +351,9 @@ def evaluate(models, *, dataset: str | None = None, attacks: str | None = None, 
     default the device of the first module given, else CUDA when available
     (``advplug eval --device auto``). ``out``: a folder for ``eval.json``, ``eval.md`` and
     each finished result, reused on a rerun (default: nothing is written). ``verbose``:
-    print the table and its notes as ``advplug eval`` does.
+    print the table and its notes as ``advplug eval`` does. ``eot_samples``: a stochastic
+    model also meets EOT-PGD with this many gradient samples per step (and AutoAttack
+    ``rand`` where AutoAttack is asked for); ``None``: the given attacks only (``--no-eot``).
 
     Returns ``{"meta": ..., "results": ...}``: ``meta`` has ``dataset``, ``threat``,
     ``attacks``, ``samples`` (test images), ``seed`` and ``test_indices``;
@@ -353,7 +412,7 @@ def evaluate(models, *, dataset: str | None = None, attacks: str | None = None, 
                             seed=seed, data_root=data_root, verify_checksums=verify_checksums,
                             batch_size=batch_size, device=str(device), sanity=sanity,
                             sanity_samples=sanity_samples, out=out, registry=registry, progress=progress,
-                            verbose=verbose)
+                            verbose=verbose, eot_samples=eot_samples)
     samples = result["meta"]["samples"]
     result["results"] = {name: with_intervals(res, samples) for name, res in result["results"].items()}
     return result
