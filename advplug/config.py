@@ -52,6 +52,8 @@ class TrainConfig:
     lr_milestones: list = field(default_factory=list)  # epochs (floats allowed); multistep
     lr_gamma: float = 0.1
     lr_peak: float = 0.4  # cyclic: fraction of training at which the LR peaks (Wong et al.: MNIST 0.4, CIFAR 0.5)
+    label_smoothing: float = 0.0  # the trainers' training cross-entropy (Trainer.loss); 0: plain CE; the attacks
+    # (inner maximization, monitor, evaluation) always maximize plain CE
     # data
     data_root: str | None = None
     download: bool = False
@@ -119,6 +121,9 @@ class TrainConfig:
         if not 0 < float(self.lr_peak) < 1:
             raise AdvplugError(f"lr_peak is the fraction of training where the cyclic LR peaks, in (0, 1), "
                                f"got {self.lr_peak}")
+        if not 0 <= float(self.label_smoothing) < 1:
+            raise AdvplugError(f"label_smoothing is the weight of the uniform target in the training cross-entropy, "
+                               f"in [0, 1), got {self.label_smoothing}")
         if self.amp is not None and str(self.amp).lower() not in AMP_DTYPES:
             raise AdvplugError(f"amp must be one of {', '.join(AMP_DTYPES)} (or unset for fp32), got {self.amp!r}")
         if self.sampler and self.trainer != "standard":

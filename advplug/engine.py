@@ -279,12 +279,17 @@ class Run:
 
     # -- the loop -------------------------------------------------------------------
 
-    def optimizer_step(self, loss: torch.Tensor, step_lr: bool = True) -> None:
+    def optimizer_step(self, loss: torch.Tensor, step_lr: bool = True, after_backward=None) -> None:
         """One update of the model: backward, optimizer step and (``step_lr``) one step of
         the per-batch LR schedule -- a trainer updating several times per batch steps the
-        schedule on one of them, so the schedule keeps its length in epochs."""
+        schedule on one of them, so the schedule keeps its length in epochs.
+        ``after_backward``: a callable run between the backward pass and the optimizer step
+        (the gradients are in ``.grad`` then), e.g. to put back weights the loss was taken
+        at (adversarial weight perturbation)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         self.optimizer.step()
         if step_lr and self.lr_scheduler is not None:
             self.lr_scheduler.step()

@@ -85,3 +85,17 @@ def plugin_module(tmp_path, monkeypatch):
     yield make
     for modname in created:
         sys.modules.pop(modname, None)
+
+
+def fit_briefly(model, x, y, lr: float, steps: int):
+    """Full-batch Adam on (x, y) for ``steps`` steps (a small model far from robust); no
+    gradient left on the model."""
+    import torch.nn.functional as F
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model

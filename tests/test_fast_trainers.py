@@ -17,7 +17,7 @@ from advplug.models import MnistCNN
 from advplug.monitor import clean_and_pgd_accuracy
 from advplug.threat import Threat
 from advplug.trainers import FGSMCheckpointTrainer, GradAlignTrainer, perturbation
-from conftest import mnist_images, tiny_config
+from conftest import fit_briefly, mnist_images, tiny_config
 
 FAST_TRAINERS = ("free-at", "fgsm-ga", "fgsm-ckpt")
 
@@ -33,14 +33,7 @@ def linear_model(data_root):
     in a fraction of a second, and its margins along the FGSM direction vary widely."""
     x, y = mnist_images(data_root, 2048)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(100):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
+    return fit_briefly(nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)), x, y, lr=0.05, steps=100).eval()
 
 
 class Probe:

@@ -38,6 +38,15 @@ class Trainer:
     returned loss is then only reported. A trainer with modules of its own (e.g. a
     generator) trains them inside ``step`` and saves them through
     ``state_dict``/``load_state_dict``.
+
+    A trainer whose step is "inner maximization, then a loss at the current weights"
+    writes those two parts instead of ``step``: ``adversarial_batch(x, y)`` (the inputs to
+    train on, detached) and ``adversarial_loss(x, x_adv, y)`` (the loss on them at the
+    model's current weights); the default ``step`` chains them. Trainers that wrap another
+    one (adversarial weight perturbation) need the split: they evaluate the same
+    adversarial batch at perturbed weights. ``loss(logits, y)`` is the cross-entropy with
+    the run's ``label_smoothing`` (config key; 0 when not bound to a run), the loss every
+    built-in trainer trains on (its inner maximization stays plain cross-entropy).
     """
 
     name = "trainer"
@@ -68,7 +77,33 @@ class Trainer:
         self.run = run
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        raise NotImplementedError
+        """One batch: by default the loss at the current weights (``adversarial_loss``) on
+        the inner maximization's inputs (``adversarial_batch``)."""
+        return self.adversarial_loss(x, self.adversarial_batch(x, y), y)
+
+    def adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The inner maximization alone: the inputs the loss is taken on (detached; the
+        model's parameters and their gradients untouched)."""
+        raise NotImplementedError(f"trainer {self.name!r} defines no adversarial_batch/adversarial_loss pair "
+                                  f"(write those two, or step() itself)")
+
+    def adversarial_loss(self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """The outer loss at the model's current weights, for the clean batch ``x`` and
+        the inputs ``x_adv`` that ``adversarial_batch`` made of it; differentiable in the
+        parameters."""
+        raise NotImplementedError(f"trainer {self.name!r} defines no adversarial_batch/adversarial_loss pair "
+                                  f"(write those two, or step() itself)")
+
+    @property
+    def label_smoothing(self) -> float:
+        """The run's ``label_smoothing`` (config key), 0 when the trainer is not bound."""
+        config = getattr(self.run, "config", None)
+        return float(getattr(config, "label_smoothing", 0.0) or 0.0)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training cross-entropy, with the run's label smoothing (0: plain
+        cross-entropy, the same computation as ``F.cross_entropy(logits, y)``)."""
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def set_attack_params(self, **values):
         """Called by schedules each epoch: ``eps`` changes the radius of the run's threat

@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from ..params import integer, resolve_step, step_size
 from .base import StepOutput, Trainer, perturbation
@@ -32,7 +31,7 @@ class FGSMCheckpointTrainer(Trainer):
     def step(self, x, y):
         x_adv, _ = self.adversarial_examples(x, y)
         logits = self.model(x_adv)
-        return StepOutput(F.cross_entropy(logits, y), logits)
+        return StepOutput(self.loss(logits, y), logits)
 
     def adversarial_examples(self, x, y):
         """(the inputs to train on, each example's fraction k/c of the FGSM step)."""

@@ -41,7 +41,7 @@ class GradAlignTrainer(Trainer):
         grad = input_gradient(self.model, x, y, start)
         delta = threat.project(start + threat.ascent(grad, resolve_step(self.params["alpha"], threat.eps)), x)
         logits = self.model(x + delta)
-        loss = F.cross_entropy(logits, y)
+        loss = self.loss(logits, y)
         if self.params["lam"]:
             loss = loss + self.params["lam"] * self.misalignment(x, y, grad)
         return StepOutput(loss, logits)

@@ -1,5 +1,3 @@
-import torch.nn.functional as F
-
 from ..params import flag, resolve_step, step_size
 from .base import StepOutput, Trainer, perturbation
 
@@ -20,4 +18,4 @@ class FGSMRSTrainer(Trainer):
         delta = perturbation(self.model, x, y, self.threat, 1, alpha, random_start=True,
                              box_start=self.params["box_start"], box_clip=self.params["box_clip"])
         logits = self.model(x + delta)
-        return StepOutput(F.cross_entropy(logits, y), logits)
+        return StepOutput(self.loss(logits, y), logits)

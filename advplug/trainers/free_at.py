@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from ..errors import AdvplugError
 from ..params import integer, resolve_step, step_size
@@ -54,7 +53,7 @@ class FreeATTrainer(Trainer):
         for r in range(replays):
             delta.requires_grad_(True)
             logits = self.model(x + delta)
-            loss = F.cross_entropy(logits, y)
+            loss = self.loss(logits, y)
             self.run.optimizer_step(loss, step_lr=r == replays - 1)  # backward fills delta.grad
             delta = self.threat.project(delta.detach() + self.threat.ascent(delta.grad, step), x)
         self.delta[: x.shape[0]] = delta

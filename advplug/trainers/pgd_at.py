@@ -1,5 +1,3 @@
-import torch.nn.functional as F
-
 from ..params import MADRY_STEP, flag, integer, resolve_step, step_size
 from .base import StepOutput, Trainer, perturbation
 
@@ -18,10 +16,13 @@ class PGDTrainer(Trainer):
                     "stop_when_fooled": flag(False, help="stop moving a sample once the model misclassifies it "
                                                      "(Wong et al.'s PGD baseline)")}
 
-    def step(self, x, y):
+    def adversarial_batch(self, x, y):
         steps = int(self.params["steps"])
         alpha = resolve_step(self.params["alpha"], self.threat.eps, steps)
         delta = perturbation(self.model, x, y, self.threat, steps, alpha, self.params["random_start"],
                              stop_when_fooled=self.params["stop_when_fooled"])
-        logits = self.model(x + delta)
-        return StepOutput(F.cross_entropy(logits, y), logits)
+        return x + delta
+
+    def adversarial_loss(self, x, x_adv, y):
+        logits = self.model(x_adv)
+        return StepOutput(self.loss(logits, y), logits)

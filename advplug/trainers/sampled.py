@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from ..errors import AdvplugError
 from ..samplers import SamplerContext
@@ -45,7 +44,7 @@ class SampledTrainer(Trainer):
         x_train = self._checked(batch, x)
         self._count(batch, x.shape[0])
         logits = self.model(x_train)
-        return StepOutput(F.cross_entropy(logits, y), logits)
+        return StepOutput(self.loss(logits, y), logits)
 
     def _checked(self, batch, x) -> torch.Tensor:
         what = f"sampler {self.name!r}"

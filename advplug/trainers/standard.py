@@ -1,5 +1,3 @@
-import torch.nn.functional as F
-
 from .base import StepOutput, Trainer
 
 
@@ -12,4 +10,4 @@ class StandardTrainer(Trainer):
 
     def step(self, x, y):
         logits = self.model(x)
-        return StepOutput(F.cross_entropy(logits, y), logits, clean_logits=logits)
+        return StepOutput(self.loss(logits, y), logits, clean_logits=logits)
