@@ -50,6 +50,8 @@ def _add_training_args(p):
     p.add_argument("--lr-schedule", help="constant, multistep, cyclic, onecycle, cosine")
     p.add_argument("--lr-milestones", help="comma-separated epochs for multistep, e.g. 50,75")
     p.add_argument("--lr-peak", type=float, help="cyclic: fraction of training where the LR peaks (default 0.4)")
+    p.add_argument("--label-smoothing", type=float, metavar="S",
+                   help="label smoothing of the trainers' training cross-entropy, in [0, 1) (default 0)")
     p.add_argument("--train-subset", type=int, help="train on N fixed samples (indices from --seed)")
     p.add_argument("--test-subset", type=int, help="evaluate on N fixed test samples (indices from --eval-seed)")
     p.add_argument("--monitor-size", type=int, help="held-out samples for the per-epoch PGD check (0: off)")
@@ -82,7 +84,8 @@ def _training_overrides(args) -> dict:
         "dataset": args.dataset, "model": args.model, "norm": args.norm, "eps": args.eps,
         "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
         "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
-        "lr_schedule": args.lr_schedule, "lr_peak": args.lr_peak, "amp": args.amp,
+        "lr_schedule": args.lr_schedule, "lr_peak": args.lr_peak, "label_smoothing": args.label_smoothing,
+        "amp": args.amp,
         "channels_last": args.channels_last, "train_subset": args.train_subset,
         "test_subset": args.test_subset, "monitor_size": args.monitor_size,
         "eval_steps": args.eval_steps, "seed": args.seed, "eval_seed": args.eval_seed,
@@ -329,6 +332,12 @@ def _add_eval(sub):
     p.add_argument("--test-subset", type=int, help="N fixed test images (indices from --seed)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eot-samples", type=int, default=20,
+                   help="a stochastic model (two forward passes of one batch differ) is also attacked with "
+                        "expectation over transformation: EOT-PGD averaging this many gradient samples per step, "
+                        "and AutoAttack's rand version where autoattack is asked for (default 20)")
+    p.add_argument("--no-eot", action="store_true",
+                   help="attack stochastic models with the given attacks only (the table then warns)")
     p.add_argument("--sanity", action="store_true", help="gradient-masking sanity checks")
     p.add_argument("--sanity-samples", type=int, default=200)
     p.add_argument("--data-root")
@@ -383,12 +392,67 @@ def cmd_eval(args) -> int:
                        test_subset=args.test_subset, seed=args.seed, data_root=args.data_root,
                        verify_checksums=not args.no_verify_checksums, batch_size=args.batch_size,
                        device=str(device), sanity=args.sanity, sanity_samples=args.sanity_samples, out=args.out,
-                       registry=registry, progress=not args.no_progress and sys.stderr.isatty())
+                       registry=registry, progress=not args.no_progress and sys.stderr.isatty(),
+                       eot_samples=None if args.no_eot else args.eot_samples)
     except KeyboardInterrupt:
         from .result_store import FOLDER
 
         print(f"\ninterrupted; the finished results are kept in {Path(args.out) / FOLDER}: rerun the same command "
               f"to continue with the rest", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _add_certify(sub):
+    p = sub.add_parser(
+        "certify", help="randomized smoothing: certified L2 accuracy (Cohen et al. 2019) of a model",
+        description="Certify the smoothed classifier g(x) = argmax_c P(f(x + N(0, sigma^2 I)) = c) of a model f on "
+                    "test images with Cohen, Rosenfeld & Kolter's CERTIFY (ICML 2019): per image, n0 noisy copies "
+                    "pick the top class, n fresh ones bound its probability pA from below (Clopper-Pearson, level "
+                    "1 - alpha); pA < 1/2 abstains, else the class is certified within the L2 radius "
+                    "sigma * PhiInverse(pA). The model should have been trained under Gaussian noise of the same "
+                    "sigma (e.g. advplug train --trainer gaussian-noise:sigma=0.25, from the advplug-defenses plugin).",
+        epilog="writes OUT/certify.tsv (idx, label, predict, radius, correct, time: the reference code's columns; "
+               "predict -1 = abstain), OUT/certify.json (settings, certified accuracy per radius with its 95% CI, "
+               "abstentions) and OUT/certified_accuracy.png")
+    p.add_argument("--model", help="advplug model.pt or checkpoint (required; trained with Gaussian noise of the "
+                                   "same sigma, e.g. --trainer gaussian-noise:sigma=0.25)")
+    p.add_argument("--sigma", type=float, help="noise standard deviation, pixel space of [0, 1] images (required; "
+                                               "the training sigma)")
+    p.add_argument("--n0", type=int, default=100, help="noise samples that select the top class (default 100)")
+    p.add_argument("--n", type=int, default=100_000, help="noise samples that estimate its probability "
+                                                          "(default 100000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
+    p.add_argument("--batch", type=int, default=1000, help="noisy copies per forward pass (default 1000)")
+    p.add_argument("--test-subset", type=int, help="N fixed test images (indices from --seed, as advplug eval)")
+    p.add_argument("--seed", type=int, default=42, help="test-subset indices and noise (default 42)")
+    p.add_argument("--skip", type=int, default=1, help="certify every K-th of the test images (Cohen et al.: "
+                                                       "every 20th CIFAR-10 test image)")
+    p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="L2 radii of the table (default 0,0.25,0.5,0.75,1.0)")
+    p.add_argument("--dataset", help="default: the dataset the model was trained on")
+    p.add_argument("--data-root", help="default: $ADVPLUG_DATA, else ./data")
+    p.add_argument("--no-verify-checksums", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/certify", help="output directory (default runs/certify)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_certify)
+
+
+def cmd_certify(args) -> int:
+    from .certify import run_certification
+
+    if not args.model:
+        raise AdvplugError("pass --model MODEL.pt: the advplug model (or checkpoint) to certify")
+    if args.sigma is None:
+        raise AdvplugError("pass --sigma: the noise standard deviation the model was trained with, e.g. 0.25")
+    try:
+        run_certification(args.model, args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch,
+                          test_subset=args.test_subset, seed=args.seed, skip=args.skip, dataset=args.dataset,
+                          data_root=args.data_root, verify_checksums=not args.no_verify_checksums,
+                          device=args.device, out=args.out, radii=args.radii,
+                          progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
         return 130
     return 0
 
@@ -576,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(sub)
     _add_overfitting(sub)
     _add_plugins(sub)
+    _add_certify(sub)
     _add_recipes(sub)
     return parser
 
