@@ -104,6 +104,16 @@ def test_schedule_sets_trainer_eps_each_epoch(tmp_path, data_root):
     assert [round(m["eps"], 6) for m in _metrics(tmp_path / "run")] == [0.1, 0.2]
 
 
+def test_a_schedule_changes_eps_and_leaves_the_trainers_other_parameters_as_given(tmp_path, data_root):
+    """A schedule setting ε must not reset the trainer's parameters to their defaults (it
+    did: TRADES with beta=1 trained as beta=6 under a ramp)."""
+    get_host().register(SchedulePlugin(), name="sched")
+    run = advplug.train(tiny_config(tmp_path, data_root, trainer="pgd-at", trainer_params={"steps": 2, "alpha": 0.05},
+                                    schedule="half-eps", epochs=2, eps=0.2, monitor_size=0, eval_steps=0))
+    assert run.trainer.params["steps"] == 2 and run.trainer.params["alpha"] == 0.05
+    assert [round(m["eps"], 6) for m in run.history] == [0.1, 0.2]
+
+
 def _cli(args, env_extra=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return [sys.executable, "-m", "advplug", "train", *args], env

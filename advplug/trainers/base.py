@@ -108,7 +108,7 @@ class Trainer:
     def set_attack_params(self, **values):
         """Called by schedules each epoch: ``eps`` changes the radius of the run's threat
         (:meth:`advplug.engine.Run.set_eps`, the one method that does), other keys the
-        trainer's parameters of that name."""
+        trainer's parameters of that name; every parameter not named keeps its value."""
         values = dict(values)
         if "eps" in values:
             eps = values.pop("eps")
@@ -116,7 +116,8 @@ class Trainer:
                 self.run.set_eps(eps)
             else:
                 self._threat = Threat(self._threat.norm, eps)
-        self.params.update(check_params(f"trainer {self.name!r}", values, self.param_schema))
+        checked = check_params(f"trainer {self.name!r}", values, self.param_schema)
+        self.params.update({key: checked[key] for key in values})  # not the defaults of the others
 
     def threat_changed(self) -> None:
         """Called by the run after ε changed; a trainer that built things from the threat
