@@ -258,16 +258,25 @@ def _evaluate_variants(configs: dict, out: Path, *, attacks, test_subset, eval_s
                           verify_checksums=cfg.verify_checksums, batch_size=batch_size, progress=progress, out=out)
 
 
+def attack_columns(rows: list[dict]) -> list[str]:
+    """Every attack any variant met, in order: a stochastic model also meets EOT attacks
+    the others do not (their cells are "-")."""
+    columns = []
+    for r in rows:
+        columns += [a for a in r["robust"] if a not in columns]
+    return columns
+
+
 def markdown(summary: dict) -> str:
     rows = summary["rows"]
-    attacks = list(rows[0]["robust"]) if rows else []
+    attacks = attack_columns(rows)
     head = ["method", "clean", *attacks, "mean", "worst", "gap", "epochs", "train s", "median s/epoch",
             f"epoch time vs {summary['reference']}", f"train time vs {summary['reference']}"]
     lines = [f"# Study: {summary['study']}", "",
              _setting_line(summary), "",
              "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in rows:
-        cells = [r["method"], f"{r['clean_acc']:.2f}", *[f"{r['robust'][a]:.2f}" for a in attacks],
+        cells = [r["method"], f"{r['clean_acc']:.2f}", *[_pct(r["robust"].get(a)) for a in attacks],
                  _pct(r["mean_robust_acc"]), f"{r['worst_case_acc']:.2f}", _pct(r["attack_gap"]),
                  str(r["epochs"]), f"{r['train_s']:.1f}", f"{r['median_epoch_s']:.1f}",
                  f"{r['epoch_time_ratio']:.2f}x", f"{r['train_time_ratio']:.2f}x"]
@@ -301,11 +310,12 @@ def plot_study(summary: dict, path) -> Path:
 
     plt = _pyplot()
     rows = summary["rows"]
-    columns = ["clean", *rows[0]["robust"], "worst"] if rows else []
+    attacks = attack_columns(rows)
+    columns = ["clean", *attacks, "worst"] if rows else []
     fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / max(len(rows), 1)
     for i, r in enumerate(rows):
-        values = [r["clean_acc"], *r["robust"].values(), r["worst_case_acc"]]
+        values = [r["clean_acc"], *[r["robust"].get(a, float("nan")) for a in attacks], r["worst_case_acc"]]
         acc_ax.bar([c + i * width for c in range(len(columns))], values, width, label=r["method"])
     acc_ax.set_xticks([c + width * (len(rows) - 1) / 2 for c in range(len(columns))])
     acc_ax.set_xticklabels(columns, rotation=20, ha="right", fontsize=8)

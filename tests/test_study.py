@@ -219,3 +219,26 @@ def test_mix_ratio_study_trains_a_clean_baseline_and_each_ratio_and_warns_on_cle
     assert ("**Warning:** mix_50-50" in (out / "study.md").read_text()) == (drop > 0)
     # the study picks each variant's trainer and sampler itself
     assert cli.main([*argv, "--sampler", "mat-max"]) == 2
+
+
+def test_study_table_and_plot_take_a_variant_with_extra_eot_columns(tmp_path):
+    """A stochastic variant meets EOT attacks the others do not: its columns are added, the
+    others' cells are '-' (the plot crashed on the uneven rows)."""
+    from advplug.study import markdown, plot_study
+
+    def row(method, robust):
+        return {"method": method, "clean_acc": 99.0, "robust": robust, "mean_robust_acc": 50.0,
+                "worst_case_acc": min(robust.values()), "attack_gap": 0.0, "epochs": 1, "train_s": 1.0,
+                "median_epoch_s": 1.0, "epoch_time_ratio": 1.0, "train_time_ratio": 1.0}
+
+    summary = {"study": "s", "reference": "plain", "warnings": [],
+               "rows": [row("plain", {"pgd": 50.0}), row("noisy", {"pgd": 60.0, "eotpgd": 40.0})],
+               "base_config": {"dataset": "mnist", "model": "mnist-cnn", "norm": "Linf", "eps": 0.3, "epochs": 1,
+                               "train_subset": 100, "optimizer": "adam", "lr": 0.001, "lr_schedule": "constant",
+                               "seed": 0},
+               "evaluation": {"samples": 100, "seed": 42}}
+    table = markdown(summary).splitlines()
+    header = next(line for line in table if line.startswith("| method"))
+    assert "| pgd | eotpgd |" in header
+    assert next(line for line in table if line.startswith("| plain")).startswith("| plain | 99.00 | 50.00 | - |")
+    assert plot_study(summary, tmp_path / "study.png").stat().st_size > 0
