@@ -225,8 +225,8 @@ def eot_attacks(registry, attacks: list, threat: Threat, samples: int) -> list:
     extra = []
     if not any(a.name == "torchattacks:eotpgd" for a in attacks):
         extra.append(EOT_PGD.format(n=samples))
-    if any(a.name.endswith("autoattack") and not is_eot(a) for a in attacks) and not any(
-            a.name.endswith("autoattack") and is_eot(a) for a in attacks):
+    autoattacks = [a for a in attacks if a.name.endswith("autoattack")]
+    if autoattacks and not any(map(is_eot, autoattacks)):
         extra.append(EOT_AUTOATTACK)
     return [s for text in extra for s in resolve_attacks(registry, text, threat)]
 

@@ -183,15 +183,10 @@ class Host:
 
     # -- calling hooks ----------------------------------------------------------------
 
-    def _hookimpls(self, hook_name):
-        """The hook's implementations, never a wrapper: wrappers are refused at registration,
-        and one called as a plain function would return a generator and not run at all."""
-        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
-        return [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
-
     def _impls(self, hook_name):
-        # pluggy calls implementations last-registered first (respecting tryfirst/trylast)
-        return reversed(self._hookimpls(hook_name))
+        # pluggy calls implementations last-registered first (respecting tryfirst/trylast);
+        # wrappers never get here: _CheckedPluginManager refuses them at registration
+        return reversed(getattr(self.pm.hook, hook_name).get_hookimpls())
 
     def _call_one(self, impl, hook_name, kwargs):
         args = {name: kwargs[name] for name in impl.argnames}
@@ -257,7 +252,7 @@ class Host:
         first, then entry points as discovered, whatever tryfirst/trylast say; so in a
         name clash the plugin registered later is the one disabled."""
         rank = {name: i for i, (name, _plugin) in enumerate(self.pm.list_name_plugin())}
-        impls = self._hookimpls(hook_name)
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
         return sorted(impls, key=lambda impl: rank[impl.plugin_name])
 
     def describe(self) -> list:

@@ -334,6 +334,9 @@ def check_params(what: str, given: dict, schema: dict) -> dict:
     return out
 
 
+_WARNED: set = set()
+
+
 def _renamed_step(what: str, given: dict, schema: dict) -> dict:
     """The step size under an earlier name (``alpha_ratio``, ``step_ratio``, ``eps_step``)
     becomes ``alpha`` with a warning, so configs written before the rename still run."""
@@ -347,8 +350,11 @@ def _renamed_step(what: str, given: dict, schema: dict) -> dict:
         raise AdvplugError(f"{what}: give the step size once, as alpha (got {', '.join(sorted(['alpha', *old]))})")
     given = dict(given)
     value = RENAMED_STEP_NAMES[old[0]](given.pop(old[0]))
-    warn(f"{what}: {old[0]} is now called alpha; read {old[0]}={value if old[0] == 'eps_step' else value[:-3]} "
-         f"as alpha={value}")
+    message = (f"{what}: {old[0]} is now called alpha; read {old[0]}={value if old[0] == 'eps_step' else value[:-3]} "
+               f"as alpha={value}")
+    if message not in _WARNED:  # the config, the host and the trainer check the same parameters: say it once
+        _WARNED.add(message)
+        warn(message)
     given["alpha"] = value
     return given
 
@@ -397,6 +403,18 @@ def schema_of(obj) -> dict | None:
     return getattr(obj, "param_schema", None)
 
 
+def _default_text(spec: Param) -> str:
+    """A default as a user writes it: none, true, 0.001, [fgsm+pgd], 1.25eps."""
+    default = spec.default
+    if spec.kind == SPECS:
+        return "[" + "+".join(map(str, default)) + "]"
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
 def describe_params(schema: dict | None) -> list[str]:
     """One line per parameter: name, default, what it accepts, its description."""
     if schema is None:
@@ -406,11 +424,7 @@ def describe_params(schema: dict | None) -> list[str]:
     rows = []
     for name, spec in schema.items():
         if isinstance(spec, Param):
-            default = ("[" + "+".join(map(str, spec.default)) + "]" if spec.kind == SPECS
-                       else "none" if spec.default is None else str(spec.default).lower()
-                       if isinstance(spec.default, bool) else f"{spec.default:g}"
-                       if isinstance(spec.default, float) else str(spec.default))
-            rows.append((name, default, spec.accepts(), spec.help))
+            rows.append((name, _default_text(spec), spec.accepts(), spec.help))
         else:
             rows.append((name, str(spec), "any value", ""))
     width = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -14,10 +14,15 @@ from statistics import NormalDist
 from .errors import AdvplugError
 
 
-def _check(successes: int, trials: int, level: float) -> None:
-    if not (isinstance(trials, int) and trials >= 1 and isinstance(successes, int) and 0 <= successes <= trials):
+def _check_counts(successes, trials) -> None:
+    if not (isinstance(trials, int) and not isinstance(trials, bool) and trials >= 1
+            and isinstance(successes, int) and not isinstance(successes, bool) and 0 <= successes <= trials):
         raise AdvplugError(f"a binomial interval needs whole numbers 0 <= successes <= trials, trials >= 1; "
                            f"got {successes!r} of {trials!r}")
+
+
+def _check(successes: int, trials: int, level: float) -> None:
+    _check_counts(successes, trials)
     if not 0 < level < 1:
         raise AdvplugError(f"confidence level must be in (0, 1), got {level!r}")
 
@@ -60,10 +65,7 @@ def format_accuracy(accuracy_pct: float, samples: int) -> str:
 # -- exact binomial statistics (math only: no scipy) ---------------------------------
 
 def _check_binomial(successes, trials, alpha, what="alpha"):
-    if not (isinstance(trials, int) and not isinstance(trials, bool) and trials >= 1
-            and isinstance(successes, int) and not isinstance(successes, bool) and 0 <= successes <= trials):
-        raise AdvplugError(f"a binomial bound needs whole numbers 0 <= successes <= trials, trials >= 1; "
-                           f"got {successes!r} of {trials!r}")
+    _check_counts(successes, trials)
     check_alpha(alpha, what)
 
 

@@ -77,10 +77,16 @@ def test_one_step_size_name_and_one_rule():
             assert not {"alpha_ratio", "step_ratio", "eps_step"} & set(schema), (kind, name)
 
 
-def test_an_earlier_step_size_name_is_read_as_alpha_with_a_warning(capsys):
+def test_an_earlier_step_size_name_is_read_as_alpha_with_a_warning(capsys, monkeypatch):
+    import advplug.params
+
+    monkeypatch.setattr(advplug.params, "_WARNED", set())  # said once per process: start afresh
     cfg = make_config(None, trainer="fgsm-rs", trainer_params={"alpha_ratio": 1.0})
     assert cfg.trainer == "fgsm-rs"
-    assert "alpha_ratio is now called alpha; read alpha_ratio=1.0 as alpha=1.0eps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "alpha_ratio is now called alpha; read alpha_ratio=1.0 as alpha=1.0eps" in err
+    make_config(None, trainer="fgsm-rs", trainer_params={"alpha_ratio": 1.0})
+    assert "alpha_ratio" not in capsys.readouterr().err  # not again for the same parameter
     with pytest.raises(AdvplugError, match="give the step size once"):
         check_params("trainer 'fgsm-rs'", {"alpha": "1eps", "alpha_ratio": 1.0}, {"alpha": step_size("1eps")})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from advplug.attacks.base import eval_frozen
 from advplug.errors import AdvplugError
 from advplug.params import Param, Spec, check_params, integer, number, parse_spec_list, resolve_step, step_size
 from advplug.trainers import PGDTrainer, StepOutput, Trainer
@@ -25,17 +26,15 @@ def eval_mode_ascent(model, x, threat, steps: int, alpha: float, objective) -> t
     inner maximization of TRADES' and MART's reference code (``model.eval()`` during the
     attack; the model's mode is put back afterwards). As there, the first gradient is
     taken at the unprojected Gaussian start; every step is projected onto the ε-ball and
-    the [0, 1] box. Gradients are taken with respect to the input only."""
-    was_training = model.training
-    model.eval()
-    try:
+    the [0, 1] box. Gradients are taken with respect to the input only: the parameters are
+    frozen meanwhile (:func:`advplug.attacks.base.eval_frozen`, as evaluation attacks run),
+    so autograd builds no graph to them."""
+    with eval_frozen(model):
         x_adv = x.detach() + START_STD * torch.randn_like(x)
         for _ in range(steps):
             x_adv = x_adv.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(objective(model(x_adv)), x_adv)
             x_adv = x + threat.project(x_adv.detach() + threat.ascent(grad, alpha) - x, x)
-    finally:
-        model.train(was_training)
     return x_adv.detach()
 
 
@@ -80,13 +79,8 @@ class TRADESTrainer(Trainer):
     def adversarial_batch(self, x, y):
         steps = int(self.params["steps"])
         alpha = resolve_step(self.params["alpha"], self.threat.eps, steps)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                target = F.softmax(self.model(x), dim=1)
-        finally:
-            self.model.train(was_training)
+        with eval_frozen(self.model), torch.no_grad():
+            target = F.softmax(self.model(x), dim=1)
 
         def kl_sum(logits):
             return F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum")
