@@ -28,8 +28,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# the slow tests as well (minutes)
+# the slow tests as well (minutes); the ray extra first, for the study --ray test
 test-all: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,ray]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)

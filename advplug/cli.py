@@ -156,6 +156,14 @@ def _add_study(sub):
     custom.set_defaults(func=cmd_study_variants)
     for kind in (fast, mix, custom):
         kind.add_argument("--eval-batch-size", type=int, default=256)
+        kind.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                          help="train the runs as Ray tasks side by side (pip install 'advplug[ray]'): alone, on a "
+                               "local Ray instance; or a cluster's address, auto or ray://HEAD:10001 (--out and "
+                               "the data on a filesystem every node sees). Put it after the study file")
+        kind.add_argument("--ray-cpus", type=float, default=1, metavar="N",
+                          help="CPUs per Ray task, and its torch threads (default 1)")
+        kind.add_argument("--ray-gpus", type=float, default=0, metavar="G",
+                          help="GPUs per Ray task; 0.5 runs two on one GPU (default 0: the tasks train on the CPU)")
         _add_training_args(kind)
 
 
@@ -170,7 +178,8 @@ def _study(args, name: str, variants: dict, base: dict | None = None, **options)
     base.update({k: v for k, v in _training_overrides(args).items() if v is not None and k != "out"})
     run_study(name, variants, base, attacks=args.attacks, out=args.out, test_subset=base.get("test_subset"),
               eval_seed=base.get("eval_seed", 42), batch_size=args.eval_batch_size,
-              progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite, **options)
+              progress=not args.no_progress and sys.stderr.isatty(), overwrite=args.overwrite, ray=args.ray,
+              ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus, **options)
     return 0
 
 

@@ -10,6 +10,10 @@ weights, the attack and the test images are unchanged, so a variant added later 
 one evaluated.
 Training time is the sum of the epochs' training time (the per-epoch monitor excluded), so
 methods compare on what they cost to train.
+
+With ``ray=`` (``--ray``) the runs to train go out as Ray tasks, side by side, instead of one
+after the other; what is trained, reused or resumed is decided the same way
+(:func:`plan_run`), and everything after training (evaluation, table) runs here as before.
 """
 from __future__ import annotations
 
@@ -110,27 +114,72 @@ def settings_difference(saved: dict, wanted: dict) -> list[str]:
             if saved.get(key) != wanted.get(key)]
 
 
-def _train_variant(label: str, config, host=None, prefix: str = "study") -> list[dict]:
-    """Train one variant into ``config.out``, or reuse / resume the run there; a run there
-    that :func:`_conflict` finds (other settings) is retrained -- ``run_study`` has refused
-    those already unless ``--overwrite``."""
-    from .engine import train
-
+def plan_run(config) -> tuple[str, str]:
+    """What a study does with the run directory ``config.out``, and the line that says so:
+    ``("retrain", ...)`` for a run there that :func:`_conflict` finds (other settings;
+    ``run_study`` has refused those already unless ``--overwrite``), ``("reuse", ...)`` for a
+    finished run, ``("resume", ...)`` for an interrupted one, else ``("train", ...)``."""
     run_dir = Path(config.out)
     conflict = _conflict(config)
     if conflict:
-        print(f"[{prefix}] {label}: retraining {run_dir} (--overwrite; {conflict})", flush=True)
-        train(config, host=host, overwrite=True)
-    elif (run_dir / "model.pt").is_file() and (run_dir / "final_eval.json").is_file():
-        print(f"[{prefix}] {label}: reusing the finished run in {run_dir}", flush=True)
-    elif (run_dir / "checkpoints" / "last.pt").is_file():
-        print(f"[{prefix}] {label}: resuming {run_dir}", flush=True)
-        train(resume=run_dir, host=host)
-    else:
-        print(f"[{prefix}] {label}: training into {run_dir}", flush=True)
-        train(config, host=host, overwrite=True)  # nothing of value there (no model, no checkpoint)
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return "retrain", f"retraining {run_dir} (--overwrite; {conflict})"
+    if (run_dir / "model.pt").is_file() and (run_dir / "final_eval.json").is_file():
+        return "reuse", f"reusing the finished run in {run_dir}"
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return "resume", f"resuming {run_dir}"
+    return "train", f"training into {run_dir}"  # nothing of value there (no model, no checkpoint)
+
+
+def _execute_run(action: str, config, host=None, **overrides) -> None:
+    """Carry out :func:`plan_run`'s ``action`` for ``config`` (``overrides``: keys a resume
+    may change, such as ``device``)."""
+    from .engine import train
+
+    if action == "resume":
+        train(resume=config["out"] if isinstance(config, dict) else config.out, host=host, **overrides)
+    elif action in ("train", "retrain"):
+        train(config, host=host, overwrite=True, **overrides)
+
+
+def _history(config) -> list[dict]:
+    lines = (Path(config.out) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def _train_variant(label: str, config, host=None, prefix: str = "study") -> list[dict]:
+    """Train one variant into ``config.out``, or reuse / resume the run there, as
+    :func:`plan_run` decides; its per-epoch metrics."""
+    action, what = plan_run(config)
+    print(f"[{prefix}] {label}: {what}", flush=True)
+    _execute_run(action, config, host)
+    return _history(config)
+
+
+def train_runs(configs: dict, host=None, *, ray: str | None = None, ray_cpus: float = 1, ray_gpus: float = 0,
+               log_dir=None, prefix: str = "study") -> dict[str, list[dict]]:
+    """Train (or reuse, or resume) every run of ``configs`` {label: TrainConfig}, as
+    :func:`plan_run` decides for each; -> {label: per-epoch metrics}. Without ``ray``, one
+    after the other here; with ``ray`` (a Ray address: ``"local"`` starts a local instance,
+    ``"auto"`` or ``"ray://host:10001"`` a cluster's; an initialized Ray is used as it is),
+    each run to train is a Ray task of ``ray_cpus`` CPUs (its torch threads) and ``ray_gpus``
+    GPUs, its console output in ``log_dir/<label>.log``."""
+    if ray is None:
+        return {label: _train_variant(label, cfg, host, prefix=prefix) for label, cfg in configs.items()}
+    plan = {label: plan_run(cfg) for label, cfg in configs.items()}
+    jobs = {label: (action, configs[label]) for label, (action, _) in plan.items() if action != "reuse"}
+    from .ray_tasks import connect_ray, import_ray, run_on_ray
+
+    ray_module = import_ray()
+    started = connect_ray(ray_module, ray) if jobs else False  # Ray only when something trains
+    try:
+        for label, (action, what) in plan.items():
+            print(f"[{prefix}] {label}: {what}" + ("" if action == "reuse" else " (Ray task)"), flush=True)
+        if jobs:
+            run_on_ray(ray_module, jobs, ray_cpus, ray_gpus, Path(log_dir or "."), prefix)
+    finally:
+        if started:
+            ray_module.shutdown()
+    return {label: _history(cfg) for label, cfg in configs.items()}
 
 
 def _conflict(config) -> str | None:
@@ -167,14 +216,19 @@ def _saved_config(run_dir: Path) -> dict | None:
 
 def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str, out, test_subset=None,
               eval_seed: int = 42, batch_size: int = 256, host=None, progress: bool = False,
-              clean_drop_warning: float | None = None, overwrite: bool = False) -> dict:
+              clean_drop_warning: float | None = None, overwrite: bool = False, ray: str | None = None,
+              ray_cpus: float = 1, ray_gpus: float = 0) -> dict:
     """Train every variant, evaluate all on the same test images, write ``study.{md,json,png}``.
 
     The first variant is the reference for time ratios and for ``clean_drop_warning``: a
     warning for every model whose clean accuracy is more than that many points below it.
     A variant's finished run is reused (an interrupted one resumed) only when it was
     trained with the same settings; runs with other settings are refused, all listed,
-    before anything trains (``overwrite``: they are retrained)."""
+    before anything trains (``overwrite``: they are retrained).
+
+    ``ray``: train the runs as Ray tasks (see :func:`train_runs`: ``"local"``, ``"auto"``,
+    ``"ray://HEAD:10001"``), ``ray_cpus`` CPUs (torch threads) and ``ray_gpus`` GPUs each; the
+    tasks load the installed plugins themselves (``host`` serves the evaluation here)."""
     from .evaluation import resolve_attacks
     from .host import get_host
     from .rundir import check_output_dir
@@ -189,9 +243,14 @@ def run_study(name: str, variants: dict[str, dict], base: dict, *, attacks: str,
         if cfg.sampler:
             registry.get("samplers", cfg.sampler)
         resolve_attacks(registry, attacks, cfg.threat)  # a bad attack fails now, not after training
+    if ray is not None:  # before anything trains
+        from .ray_tasks import check_ray_resources, import_ray
+
+        check_ray_resources(configs, ray_cpus, ray_gpus)
+        import_ray()
     if not overwrite:
         _refuse_other_settings(configs)
-    histories = {label: _train_variant(label, cfg, host) for label, cfg in configs.items()}
+    histories = train_runs(configs, host, ray=ray, ray_cpus=ray_cpus, ray_gpus=ray_gpus, log_dir=out / "logs")
     any_cfg = next(iter(configs.values()))
     evaluation = _evaluate_variants(configs, out / "eval", attacks=attacks, test_subset=test_subset,
                                     eval_seed=eval_seed, batch_size=batch_size, progress=progress)
