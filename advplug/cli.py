@@ -352,6 +352,10 @@ def _add_eval(sub):
     p.add_argument("--data-root")
     p.add_argument("--no-verify-checksums", action="store_true")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("bf16", "fp16"), type=str.lower,
+                   help="mixed precision: the clean predictions and every attack's forward and backward passes "
+                        "under torch.autocast of the device (CUDA: bf16 or fp16; CPU: bf16), logits in float32; "
+                        "the report says so and stored results are kept apart by precision (default: fp32)")
     p.add_argument("--out", default="runs/eval",
                    help="eval.json, eval.md and results/ (each finished (model, attack) result, reused on a rerun); "
                         "default runs/eval")
@@ -379,12 +383,17 @@ def cmd_eval(args) -> int:
     from .evaluation import model_labels, run_evaluation
     from .host import get_host
     from .modelio import load_model_and_spec
+    from .precision import autocast_dtype
     from .rundir import check_output_dir
+
+    from .distributed import setup
 
     check_output_dir(args.out)
     _check_external_model_flags(args)
     registry = get_host().registry
-    device = resolve_device(args.device)
+    dist, device = setup(args.device)  # under torchrun: this process's share of the test batches
+    device = resolve_device(device)
+    autocast_dtype(args.amp, device)  # fp16 on the CPU: one error before any model is loaded
     paths = [*args.models, *args.more_models]
     models = {label: load_model_and_spec(path, device, registry)
               for label, path in zip(model_labels(paths), paths)}

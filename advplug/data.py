@@ -236,26 +236,39 @@ def subset_indices(total: int, n: int | None, seed: int, offset: int = 0) -> tor
 
 # -- batching and augmentation ---------------------------------------------------------
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small CPU tensor (per-batch random draws, indices) on ``device`` without making the
+    host wait: on CUDA through pinned memory with ``non_blocking=True`` (a copy from pageable
+    memory synchronizes with the device); elsewhere (and for a tensor not on the CPU) a plain
+    ``.to``, so CPU results stay bit-identical."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment_batch(x: torch.Tensor, crop: int = 0, flip: bool = False, color_jitter: float = 0.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop with zero padding, horizontal flip and brightness/contrast/saturation
-    jitter, each drawn per sample, vectorized over the batch (x float in [0, 1])."""
+    jitter, each drawn per sample, vectorized over the batch (x float in [0, 1]). The draws
+    come from ``generator`` on the CPU (the same numbers on every device) and reach a CUDA
+    batch through :func:`to_device` (pinned, non-blocking: no host-device sync)."""
     n, c, h, w = x.shape
     dev = x.device
     if crop:
         padded = torch.nn.functional.pad(x, (crop, crop, crop, crop))
-        dy = torch.randint(0, 2 * crop + 1, (n,), generator=generator).to(dev)
-        dx = torch.randint(0, 2 * crop + 1, (n,), generator=generator).to(dev)
+        dy = to_device(torch.randint(0, 2 * crop + 1, (n,), generator=generator), dev)
+        dx = to_device(torch.randint(0, 2 * crop + 1, (n,), generator=generator), dev)
         rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None].expand(n, c, h, w + 2 * crop)
         x = padded.gather(2, rows)
         cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :].expand(n, c, h, w)
         x = x.gather(3, cols)
     if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(dev).view(n, 1, 1, 1)
+        mask = to_device(torch.rand(n, generator=generator) < 0.5, dev).view(n, 1, 1, 1)
         x = torch.where(mask, x.flip(3), x)
     if color_jitter:
         def factor():
-            return (1 + (torch.rand(n, generator=generator) * 2 - 1) * color_jitter).to(dev).view(n, 1, 1, 1)
+            return to_device(1 + (torch.rand(n, generator=generator) * 2 - 1) * color_jitter, dev).view(n, 1, 1, 1)
         x = x * factor()  # brightness
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * factor() + mean  # contrast
@@ -287,7 +300,7 @@ class BatchLoader:
     def __iter__(self):
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
+        order = to_device(order, self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx].float().div_(255)

@@ -79,13 +79,14 @@ def _as_tuple(value):
 def training_autocast(cfg: TrainConfig, device: torch.device):
     """A context for the training step: CUDA autocast in ``cfg.amp``'s dtype, or nothing.
     The monitor and the test evaluation stay fp32, so the numbers a run reports are
-    full-precision ones."""
-    if not cfg.amp:
+    full-precision ones. The name and the device are checked by
+    :func:`advplug.precision.autocast_dtype` (as for ``advplug eval --amp``), here CUDA only."""
+    from .precision import autocast_dtype
+
+    dtype = autocast_dtype(cfg.amp, device, cuda_only="training")
+    if dtype is None:
         return contextlib.nullcontext
-    if device.type != "cuda":
-        raise AdvplugError(f"--amp {cfg.amp} is mixed precision on CUDA; this run is on {device.type}, where "
-                           f"training stays fp32: drop --amp (or pass --device cuda on a GPU machine)")
-    return functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    return functools.partial(torch.autocast, device_type="cuda", dtype=dtype)
 
 
 def make_optimizer(cfg: TrainConfig, params):

@@ -14,7 +14,11 @@ No number is printed wrong without a word:
   after it);
 * with an output folder, each finished (model, attack) result is written the moment it
   completes and reused on a rerun only when model, attack (all parameters), threat, test
-  images, seed and batch size all match (:mod:`advplug.result_store`).
+  images, seed and batch size all match (:mod:`advplug.result_store`);
+* ``amp="bf16"`` (``--amp``) runs every forward pass -- clean predictions and every
+  attack's forward and backward passes -- under ``torch.autocast`` (:mod:`advplug.precision`,
+  one wrapper around the model that every attack sees), logits in float32; the report says
+  so, and the precision is part of a stored result's key.
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ from pathlib import Path
 import torch
 
 from .attacks.base import build_attack, eval_frozen, resolve_attack, split_attack_list
+from .distributed import SINGLE
 from .errors import AdvplugError, warn
 from .fingerprint import changed_tensors, model_identity, state_digests
+from .precision import precision_label, precision_note, with_autocast
 from .sanity import run_sanity_checks
 from .stochastic import is_stochastic
 # the test images and per-sample scoring live in advplug.testset (shared with advplug.sanity,
@@ -83,32 +89,38 @@ def resolve_attacks(registry, attacks: str, threat: Threat) -> list[AttackSpec]:
 
 def evaluate_model(model, test: TestSet, attacks, threat: Threat, registry, batch_size=256,
                    device="cpu", seed=42, progress=False, *, name="model", spec=None, store=None,
-                   verbose=True) -> dict:
+                   verbose=True, amp=None, dist=SINGLE) -> dict:
     """Clean and per-attack robust accuracy, worst case, mean, gap and time per attack.
 
     ``attacks`` is a comma-separated string or a list of :class:`AttackSpec`; ``store`` a
     :class:`advplug.result_store.ResultStore` to write each finished result to and reuse
     matching ones from; ``name`` and ``spec`` name and describe the model; ``verbose=False``
-    leaves out the line saying a stored result is reused."""
+    leaves out the line saying a stored result is reused. ``amp`` (``"bf16"``, ``"fp16"``;
+    None: fp32): every forward pass, the attacks' included, under autocast
+    (:func:`advplug.precision.with_autocast`); the model's identity stays that of ``model``."""
     if isinstance(attacks, str):
         attacks = resolve_attacks(registry, attacks, threat)
     model = model.to(device)
     with eval_frozen(model):  # attacks need input gradients only; leave none on the model
-        return _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, progress, name,
-                         spec, store, verbose)
+        # the one model every forward pass goes through (clean predictions and every attack):
+        # ``model`` itself, or under --amp its autocast wrapper (made in eval mode, as ``model`` is now)
+        net = with_autocast(model, amp, device)
+        return _evaluate(model, net, test, attacks, threat, registry, batch_size, device, seed, progress, name,
+                         spec, store, verbose, amp, dist)
 
 
-def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, progress, name, spec, store,
-              verbose):
+def _evaluate(model, net, test, attacks, threat, registry, batch_size, device, seed, progress, name, spec, store,
+              verbose, amp, dist):
     n = len(test.y)
-    digests = state_digests(model)
+    digests = state_digests(model)  # fingerprints and identity: the unwrapped model's
     identity = model_identity(model, digests, spec)
-    clean = predictions_correct(model, test, batch_size, device, what=f"model {name} on clean test images")
+    clean = predictions_correct(net, test, batch_size, device, what=f"model {name} on clean test images", dist=dist)
     rows, worst = [], clean.clone()
     libraries = _library_versions() if store is not None else None
     for attack_spec in attacks:
-        key = _result_key(identity, attack_spec, threat, test, seed, batch_size, libraries)
-        stored = store.get(key) if store is not None else None
+        key = _result_key(identity, attack_spec, threat, test, seed, batch_size, libraries, amp)
+        # under torchrun rank 0 reads and writes the stored results; every process follows its choice
+        stored = dist.on_main(lambda: store.get(key) if store is not None else None)
         if stored is not None:
             row, correct, when = stored
             row = {**row, "reused_from": when}
@@ -116,9 +128,9 @@ def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, 
                 print(f"[eval] {name} / {attack_spec.text}: reusing the result computed {when} "
                       f"({store.path(key)})", flush=True)
         else:
-            row, correct = _attack_row(model, test, attack_spec, threat, registry, batch_size, device, seed,
-                                       progress, name, digests)
-            if store is not None:
+            row, correct = _attack_row(model, net, test, attack_spec, threat, registry, batch_size, device, seed,
+                                       progress, name, digests, dist)
+            if store is not None and dist.is_main:
                 store.put(key, row, correct)
         worst &= correct
         rows.append({**row, "_correct": correct})
@@ -131,12 +143,19 @@ def _evaluate(model, test, attacks, threat, registry, batch_size, device, seed, 
         "best_minus_worst": (max(accs) - min(accs)) if accs else None,
         "total_seconds": sum(r["seconds"] for r in rows),
         "model_identity": identity,
+        "precision": precision_label(amp),
     }
 
 
-def _result_key(identity, attack_spec, threat, test, seed, batch_size, libraries) -> dict:
-    return {"model": identity, "attack": attack_spec.identity, "threat": {"norm": threat.norm, "eps": threat.eps},
-            "test": test.identity, "seed": seed, "batch_size": batch_size, "versions": libraries}
+def _result_key(identity, attack_spec, threat, test, seed, batch_size, libraries, amp=None) -> dict:
+    # "seeding": each batch's attack randomness from (seed, batch number), so that a sharded
+    # evaluation is the single-process one (results stored before that drew one stream per attack)
+    key = {"model": identity, "attack": attack_spec.identity, "threat": {"norm": threat.norm, "eps": threat.eps},
+           "test": test.identity, "seed": seed, "batch_size": batch_size, "versions": libraries,
+           "seeding": "per-batch"}
+    if precision_label(amp) != "fp32":  # an autocast result never stands in for an fp32 one (fp32 keys as before)
+        key["precision"] = precision_label(amp)
+    return key
 
 
 def _library_versions() -> dict:
@@ -147,13 +166,19 @@ def _library_versions() -> dict:
     return {k: known.get(k) for k in RESULT_VERSIONS}
 
 
-def _attack_row(model, test, attack_spec, threat, registry, batch_size, device, seed, progress, name, digests):
-    """Run one attack on every test image -> (report row, per-sample correct flags)."""
-    torch.manual_seed(seed)  # every model meets the same attack randomness
-    attack = build_attack(registry, attack_spec.text, model, threat)
+def _attack_row(model, net, test, attack_spec, threat, registry, batch_size, device, seed, progress, name,
+                digests, dist=SINGLE):
+    """Run one attack on every test image -> (report row, per-sample correct flags). The
+    attack sees ``net`` (``model``, or its autocast wrapper); ``model``'s fingerprints are checked.
+    Every batch's attack randomness comes from (``seed``, batch number): every model meets
+    the same, and under torchrun (``dist``: each process attacks its share of the batches)
+    the result is the single-process one."""
+    torch.manual_seed(seed)
+    attack = build_attack(registry, attack_spec.text, net, threat)
     start = time.perf_counter()
-    correct = predictions_correct(model, test, batch_size, device, attack, desc=attack.name, progress=progress,
-                                  what=f"model {name} under attack {attack_spec.text}")
+    correct = predictions_correct(net, test, batch_size, device, attack, desc=attack.name, progress=progress,
+                                  what=f"model {name} under attack {attack_spec.text}", seed=seed, dist=dist)
+    attack.gather(dist)
     seconds = time.perf_counter() - start
     changed = changed_tensors(digests, state_digests(model))
     if changed:
@@ -247,7 +272,8 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
                    eps=None, test_subset: int | None = None, seed: int = 42, data_root=None,
                    verify_checksums: bool = True, batch_size: int = 256, device: str = "cpu",
                    sanity: bool = False, sanity_samples: int = 200, out=None, registry=None,
-                   progress: bool = False, verbose: bool = True, eot_samples: int | None = 20) -> dict:
+                   progress: bool = False, verbose: bool = True, eot_samples: int | None = 20,
+                   amp: str | None = None, dist=SINGLE) -> dict:
     """Evaluate ``{name: (model, spec)}`` on one identical test subset; write reports to ``out``.
 
     Prints the table, its notes and where the reports went (what ``advplug eval`` shows);
@@ -259,7 +285,16 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
 
     With ``out``, every finished (model, attack) result is kept in ``out/results/`` as it
     completes; a rerun (of a killed evaluation, or with a model or attack added) reuses
-    those whose model, attack, threat, test images, seed and batch size all match."""
+    those whose model, attack, threat, test images, seed and batch size all match.
+
+    ``amp`` (``"bf16"``; on CUDA also ``"fp16"``; None: fp32): the models' forward passes,
+    the attacks' included, under ``torch.autocast`` of ``device``
+    (:mod:`advplug.precision`); the report says so and stored results are kept apart by
+    precision. fp16 on the CPU is one error, before any work.
+
+    ``dist`` (:mod:`advplug.distributed`, under torchrun): every process attacks its share
+    of the test batches and the per-sample results are gathered; rank 0 alone prints,
+    runs the sanity checks and writes (the numbers are those of one process)."""
     from . import manifest
     from .host import get_host
     from .report import interval_note, reused_note, text_table, write_reports
@@ -267,6 +302,7 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     from .threat import threat_warning
 
     registry = registry or get_host().registry
+    amp_note = precision_note(amp, device)  # a bad --amp (fp16 on the CPU) fails before any work
     if dataset is None:
         found = {spec.get("dataset") for _, spec in models.values() if spec}
         if len(found) != 1 or None in found:
@@ -286,27 +322,31 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     if eot_samples is not None and (isinstance(eot_samples, bool) or not isinstance(eot_samples, int)
                                     or eot_samples < 1):
         raise AdvplugError(f"--eot-samples must be a whole number >= 1, got {eot_samples!r}")
-    store = ResultStore(out) if out else None
+    verbose = verbose and dist.is_main
+    store = ResultStore(out) if out and dist.is_main else None
     results = {}
     probe = test.x[:batch_size].to(device).float().div(255)
     for name, (model, model_spec) in models.items():
-        stochastic = is_stochastic(model.to(device), probe)
+        stochastic = dist.on_main(is_stochastic, with_autocast(model.to(device), amp, device), probe)
         model_attacks = attack_specs
         if stochastic and eot_samples is not None:
             model_attacks = attack_specs + eot_attacks(registry, attack_specs, threat, eot_samples)
         results[name] = evaluate_model(model, test, model_attacks, threat, registry, batch_size, device, seed,
-                                       progress, name=name, spec=model_spec, store=store, verbose=verbose)
+                                       progress, name=name, spec=model_spec, store=store, verbose=verbose, amp=amp,
+                                       dist=dist)
         results[name]["stochastic"] = stochastic
         if stochastic:
             results[name]["stochastic_note"] = note = stochastic_note(name, model_attacks)
             if not any(is_eot(a) for a in model_attacks):
                 warn(note)
-        if sanity:
-            results[name]["sanity"] = run_sanity_checks(model, test, threat, registry, device, sanity_samples,
-                                                        batch_size)
+        if sanity and dist.is_main:
+            results[name]["sanity"] = run_sanity_checks(with_autocast(model, amp, device), test, threat, registry,
+                                                        device, sanity_samples, batch_size)
     meta = {"dataset": dataset, "threat": {"norm": threat.norm, "eps": threat.eps}, "attacks": attacks,
-            "samples": len(test.y), "seed": seed, "batch_size": batch_size,
+            "samples": len(test.y), "seed": seed, "batch_size": batch_size, "precision": precision_label(amp),
             "test_indices": test.indices.tolist(), "versions": manifest.versions(), "time": manifest.now()}
+    if amp_note:
+        meta["precision_note"] = amp_note
     reused = {name: {row["attack"]: row["reused_from"] for row in res["attacks"] if row.get("reused_from")}
               for name, res in results.items()}
     if any(reused.values()):
@@ -314,6 +354,8 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
     if verbose:
         print(text_table(results))
         print(interval_note(len(test.y)))
+        if amp_note:
+            print(f"note: {amp_note}")
         for name, res in results.items():
             for row in res["attacks"]:
                 if row.get("note"):
@@ -326,7 +368,7 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
         note = reused_note(meta)
         if note:
             print(note)
-    if out:
+    if out and dist.is_main:
         json_path, md_path = write_reports(out, results, meta)
         if verbose:
             print(f"written: {json_path}, {md_path}")
@@ -336,7 +378,8 @@ def run_evaluation(models: dict, dataset: str | None = None, attacks: str | None
 def evaluate(models, *, dataset: str | None = None, attacks: str | None = None, eps=None, norm: str = "Linf",
              test_subset: int | None = None, seed: int = 42, batch_size: int = 256, device=None, data_root=None,
              verify_checksums: bool = True, sanity: bool = False, sanity_samples: int = 200, out=None,
-             verbose: bool = False, progress: bool = False, registry=None, eot_samples: int | None = 20) -> dict:
+             verbose: bool = False, progress: bool = False, registry=None, eot_samples: int | None = 20,
+             amp: str | None = None) -> dict:
     """Evaluate models against attacks on one identical test subset: what ``advplug eval``
     computes, through the same code (:func:`run_evaluation`), so the numbers are the same.
 
@@ -354,9 +397,12 @@ def evaluate(models, *, dataset: str | None = None, attacks: str | None = None, 
     print the table and its notes as ``advplug eval`` does. ``eot_samples``: a stochastic
     model also meets EOT-PGD with this many gradient samples per step (and AutoAttack
     ``rand`` where AutoAttack is asked for); ``None``: the given attacks only (``--no-eot``).
+    ``amp``: ``"bf16"`` (or ``"fp16"`` on CUDA) runs every forward pass, clean and in every
+    attack, under ``torch.autocast`` with float32 logits (``advplug eval --amp``); default fp32.
 
     Returns ``{"meta": ..., "results": ...}``: ``meta`` has ``dataset``, ``threat``,
-    ``attacks``, ``samples`` (test images), ``seed`` and ``test_indices``;
+    ``attacks``, ``samples`` (test images), ``seed``, ``precision`` (``"fp32"``, ``"bf16"``,
+    ``"fp16"``) and ``test_indices``;
     ``results[label]`` has ``clean_acc``, ``worst_case_acc`` (per sample, the worst over all
     attacks), ``mean_robust_acc``, ``best_minus_worst``, ``clean_ci95`` and ``attacks``:
     one row per attack with ``attack`` (the spec as given), ``robust_acc``, ``ci95`` (95%
@@ -396,6 +442,7 @@ def evaluate(models, *, dataset: str | None = None, attacks: str | None = None, 
         device = param.device if param is not None else resolve_device("auto")
     else:
         device = resolve_device(str(device))
+    precision_note(amp, device)  # a bad amp (fp16 on the CPU) fails before any model is loaded
     loaded = {}
     for label, model in given:
         if isinstance(model, nn.Module):
@@ -412,7 +459,7 @@ def evaluate(models, *, dataset: str | None = None, attacks: str | None = None, 
                             seed=seed, data_root=data_root, verify_checksums=verify_checksums,
                             batch_size=batch_size, device=str(device), sanity=sanity,
                             sanity_samples=sanity_samples, out=out, registry=registry, progress=progress,
-                            verbose=verbose, eot_samples=eot_samples)
+                            verbose=verbose, eot_samples=eot_samples, amp=amp)
     samples = result["meta"]["samples"]
     result["results"] = {name: with_intervals(res, samples) for name, res in result["results"].items()}
     return result

@@ -75,7 +75,15 @@ def reused_note(meta: dict) -> str:
     if not parts:
         return ""
     return (f"Results reused from earlier evaluations (same weights, attack and parameters, threat, test images, "
-            f"seed and batch size): {'; '.join(parts)}.")
+            f"seed, batch size and precision): {'; '.join(parts)}.")
+
+
+def precision_text(meta: dict) -> str:
+    """The report's sentence on the arithmetic: fp32, or the autocast note of an ``--amp`` run."""
+    note = meta.get("precision_note")
+    if note:
+        return f"Precision: {note}."
+    return f"Precision: {meta.get('precision', 'fp32')} (no autocast)."
 
 
 def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
@@ -94,7 +102,7 @@ def write_reports(out_dir, results: dict, meta: dict) -> tuple[Path, Path]:
           f"{meta['dataset']}, {meta['threat']['norm']} ε = {meta['threat']['eps']:.6g} (pixel space), "
           f"{meta['samples']} test images (indices from seed {meta['seed']}; identical for every model). "
           f"Accuracies in %; worst = per-sample worst case over all attacks; gap = best − worst attack.", "",
-          markdown_table(results), "", interval_note(meta["samples"]), ""]
+          markdown_table(results), "", interval_note(meta["samples"]), "", precision_text(meta), ""]
     reused = reused_note(meta)
     if reused:
         md += [reused, ""]

@@ -5,7 +5,9 @@ A killed ``advplug eval`` (or study) keeps every (model, attack) result it finis
 rerun takes them over and runs only what is missing. A result is reused only when its
 key matches exactly: the model's identity (weights, buffers, structure, spec), the attack
 with all its parameters (defaults filled in), the threat model, the dataset and the test
-indices, the seed, the batch size and the versions of the libraries that compute it.
+indices, the seed, the batch size and the versions of the libraries that compute it; an
+evaluation under ``--amp`` (autocast) adds its precision to the key, so an autocast result
+never stands in for an fp32 one or the reverse (:func:`advplug.evaluation._result_key`).
 """
 from __future__ import annotations
 

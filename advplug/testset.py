@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_split, subset_indices
+from .distributed import SINGLE
 from .errors import AdvplugError
 from .fingerprint import json_digest
 
@@ -36,10 +37,19 @@ def load_test_set(spec, n=None, seed=42, **load_kwargs) -> TestSet:
     return TestSet(spec.name, x[idx], y[idx], idx, seed)
 
 
-def _batches(test: TestSet, batch_size, device):
-    for start in range(0, len(test.y), batch_size):
+def _batches(test: TestSet, batch_size, device, dist=SINGLE):
+    """(batch number, first index, x, y) of this process's batches (all of them in one process)."""
+    starts = range(0, len(test.y), batch_size)
+    for number in dist.mine(len(starts)):
+        start = starts[number]
         x = test.x[start:start + batch_size].to(device).float().div_(255)
-        yield start, x, test.y[start:start + batch_size].to(device)
+        yield number, start, x, test.y[start:start + batch_size].to(device)
+
+
+def batch_seed(seed: int, number: int) -> int:
+    """The seed of batch ``number``'s attack randomness: a batch meets the same random
+    draws whichever process attacks it, and whatever ran before it."""
+    return seed * 100_003 + number
 
 
 def nonfinite_logits_error(what: str, bad: int, total: int) -> AdvplugError:
@@ -50,12 +60,19 @@ def nonfinite_logits_error(what: str, bad: int, total: int) -> AdvplugError:
 
 
 def predictions_correct(model, test, batch_size, device, attack=None, desc=None, progress=False,
-                        what="model") -> torch.Tensor:
-    """Per-sample bool: is the model right on (attacked) sample i."""
+                        what="model", seed=None, dist=SINGLE) -> torch.Tensor:
+    """Per-sample bool: is the model right on (attacked) sample i.
+
+    ``seed``: each batch's attack draws its randomness from ``batch_seed(seed, batch)``
+    (None: from torch's generator as it stands). ``dist`` (under torchrun): every process
+    attacks its batches (``dist.mine``) and all get the whole result -- with ``seed``, the
+    one a single process computes."""
     out = torch.zeros(len(test.y), dtype=torch.bool)
-    bar = tqdm(total=len(test.y), desc=desc, disable=not progress, leave=False, unit="img")
-    for start, x, y in _batches(test, batch_size, device):
+    bar = tqdm(total=len(test.y), desc=desc, disable=not progress or not dist.is_main, leave=False, unit="img")
+    for number, start, x, y in _batches(test, batch_size, device, dist):
         if attack is not None:
+            if seed is not None:
+                torch.manual_seed(batch_seed(seed, number))
             x = attack(x, y)
         with torch.no_grad():
             logits = model(x)
@@ -64,6 +81,8 @@ def predictions_correct(model, test, batch_size, device, attack=None, desc=None,
         if not finite.all():
             raise nonfinite_logits_error(what, int((~finite).sum()), len(finite))
         out[start:start + len(y)] = correct
-        bar.update(len(y))
+        bar.update(len(y) * dist.world_size)
     bar.close()
+    if dist.active:  # each sample was scored by exactly one process
+        out = torch.stack(dist.gather(out)).any(0)
     return out

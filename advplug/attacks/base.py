@@ -138,6 +138,17 @@ class CheckedAttack:
             raise AdvplugError(f"attack {self.name!r} left the threat ball: {self.threat.norm} perturbation "
                                f"{size:.6g} > ε = {self.threat.eps:.6g}; its numbers would be invalid")
 
+    def gather(self, dist) -> None:
+        """Under torchrun (``dist``): the counts and norms of every process's share, so that
+        the report's notes are the whole evaluation's."""
+        if not dist.active:
+            return
+        norms = torch.cat(self.perturbation_norms).cpu() if self.perturbation_norms else None
+        parts = dist.gather((self.samples, self.nonfinite, norms))
+        self.samples = sum(p[0] for p in parts)
+        self.nonfinite = sum(p[1] for p in parts)
+        self.perturbation_norms = [p[2] for p in parts if p[2] is not None]
+
     @property
     def median_norm(self) -> float | None:
         """Median unprojected norm of a minimal attack's (finite) outputs."""

@@ -65,7 +65,10 @@ class SampledTrainer(Trainer):
             sources, source = ("clean", "adversarial"), batch.adversarial.long()
         else:
             sources, source = tuple(batch.sources), batch.source
-        counts = torch.bincount(source, minlength=len(sources))  # stays on the device: no sync
+        # one count per source, on the device without reading it (torch.bincount on CUDA reads
+        # the input's min and max back to size its output: two syncs per batch); rows outside
+        # 0 .. len(sources) - 1 count nowhere (bincount's extra bins were dropped below too)
+        counts = (source.unsqueeze(1) == torch.arange(len(sources), device=source.device)).sum(0)
         self._counts[sources] = self._counts.get(sources, 0) + counts
         self._adv = self._adv + batch.adversarial.sum()
         self._seen += n

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from advplug.attacks.base import eval_frozen
+from advplug.data import to_device
 from advplug.errors import AdvplugError
 from advplug.params import Param, check_params, integer, number, spec_list
 from advplug.samplers import SampledBatch, attack_batch, batch_generator, training_attack
@@ -89,11 +90,19 @@ class MixedRatioSampler:
         return source
 
     def sample(self, x, y, step) -> SampledBatch:
-        source = self.assignment(x.shape[0], step).to(x.device)
+        source = self.assignment(x.shape[0], step)
+        # the rows of each source, ascending within each (as (source == j).nonzero() gives them),
+        # and their counts, from the CPU assignment: the device is never read; the assignment and
+        # the rows reach it in one pinned, non-blocking copy
+        counts = torch.bincount(source, minlength=len(self.sources)).tolist()
+        rows = torch.sort(source, stable=True).indices
+        source, rows = to_device(torch.cat([source, rows]), x.device).split(x.shape[0])
         x_train = x.detach().clone()
+        start = counts[0]
         for j, attack in enumerate(self.attacks, start=1):
-            idx = (source == j).nonzero().squeeze(1)
-            if idx.numel():
+            idx = rows[start:start + counts[j]]
+            start += counts[j]
+            if counts[j]:
                 x_train[idx] = attack_batch(attack, self.ctx.model, x[idx], y[idx])
         return SampledBatch(x_train, source > 0, source, self.sources)
 
