@@ -33,7 +33,7 @@ def _add_training_args(p):
     """The TrainConfig flags shared by ``train`` and ``study``."""
     p.add_argument("--config", help="TOML or JSON file with TrainConfig keys")
     p.add_argument("--dataset")
-    p.add_argument("--model", help="architecture name, e.g. mnist-cnn, preact-resnet18")
+    p.add_argument("--model", help="architecture name with parameters, e.g. mnist-cnn, preact-resnet18:width=32")
     p.add_argument("--activation", help="activation of built-in models (relu, gelu, silu, ...)")
     p.add_argument("--schedule", help="attack-parameter schedule with parameters, from a plugin")
     p.add_argument("--sampler", help="batch sampler with parameters, from a plugin (replaces the trainer's attack), "
@@ -68,6 +68,11 @@ def _add_training_args(p):
     p.add_argument("--amp", help="bf16: mixed-precision training step on CUDA (CPU training stays fp32)")
     p.add_argument("--channels-last", action="store_true", default=None,
                    help="channels-last memory format for the model and batches (GPU speed)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model for the training step (GPU speed; the first batches compile)")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics per process (DDP's default) instead of over the "
+                        "global batch")
     p.add_argument("--keep-checkpoints", action="store_true", default=None, help="keep every epoch's checkpoint")
     p.add_argument("--keep-best", action="store_true", default=None,
                    help="early stopping: the final model is the epoch with the best held-out PGD accuracy")
@@ -86,19 +91,20 @@ def _training_overrides(args) -> dict:
         "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
         "lr_schedule": args.lr_schedule, "lr_peak": args.lr_peak, "label_smoothing": args.label_smoothing,
         "amp": args.amp,
-        "channels_last": args.channels_last, "train_subset": args.train_subset,
+        "channels_last": args.channels_last, "compile": args.compile,
+        "sync_bn": False if args.no_sync_bn else None, "train_subset": args.train_subset,
         "test_subset": args.test_subset, "monitor_size": args.monitor_size,
         "eval_steps": args.eval_steps, "seed": args.seed, "eval_seed": args.eval_seed,
         "data_root": args.data_root, "download": args.download, "device": args.device,
         "out": getattr(args, "out", None), "keep_checkpoints": args.keep_checkpoints, "transforms": args.transforms,
         "keep_best": args.keep_best, "co_guard": args.co_guard, "plot": False if args.no_plot else None,
     }
-    for key in ("trainer", "schedule", "sampler"):  # name:key=value,... -> key, key_params
+    for key in ("trainer", "schedule", "sampler", "model"):  # name:key=value,... -> key, key_params
         if getattr(args, key, None):
             overrides[key], params = parse_spec(getattr(args, key))
             overrides[f"{key}_params"] = params or None
     if args.activation:
-        overrides["model_params"] = {"activation": args.activation}
+        overrides["model_params"] = {**(overrides.get("model_params") or {}), "activation": args.activation}
     if args.lr_milestones:
         try:
             overrides["lr_milestones"] = [float(m) for m in args.lr_milestones.split(",")]
@@ -127,7 +133,8 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted before the run started; nothing was written", file=sys.stderr)
         return 130
-    print(f"run written to {run.out_dir}/ (model.pt, metrics.jsonl, manifest.json)")
+    if run.dist.is_main:
+        print(f"run written to {run.out_dir}/ (model.pt, metrics.jsonl, manifest.json)")
     return 0
 
 
@@ -411,7 +418,7 @@ def cmd_eval(args) -> int:
                        verify_checksums=not args.no_verify_checksums, batch_size=args.batch_size,
                        device=str(device), sanity=args.sanity, sanity_samples=args.sanity_samples, out=args.out,
                        registry=registry, progress=not args.no_progress and sys.stderr.isatty(),
-                       eot_samples=None if args.no_eot else args.eot_samples)
+                       eot_samples=None if args.no_eot else args.eot_samples, amp=args.amp, dist=dist)
     except KeyboardInterrupt:
         from .result_store import FOLDER
 
@@ -520,9 +527,12 @@ def cmd_benchmark(args) -> int:
     if len(chosen) != 1:
         raise AdvplugError("pass exactly one of --model, --robustbench-model, --arch or --model-factory"
                            + (f" (got {', '.join(chosen)})" if chosen else ""))
+    from .distributed import setup
+
     check_output_dir(args.out)
     _check_external_model_flags(args)
-    device = resolve_device(args.device)
+    dist, device = setup(args.device)  # under torchrun: this process's share of AutoAttack's batches
+    device = resolve_device(device)
     if args.model:
         bm = bench.advplug_model(args.model, args.dataset, device, args.name)
     elif args.robustbench_model:
@@ -535,7 +545,10 @@ def cmd_benchmark(args) -> int:
         bm, args.out, dataset=args.dataset, threat=args.threat, additional_data=args.additional_data,
         eps=parse_eps(args.eps) if args.eps else None, n_examples=args.n_examples, batch_size=args.batch_size,
         data_dir=args.data_root, corruptions_data_dir=args.corruptions_data_dir, device=device, seed=args.seed,
-        preprocessing=args.preprocessing, verify_checksums=not args.no_verify_checksums, progress=not args.quiet)
+        preprocessing=args.preprocessing, verify_checksums=not args.no_verify_checksums, progress=not args.quiet,
+        dist=dist)
+    if not dist.is_main:
+        return 0
     robust = "AutoAttack" if args.threat != "corruptions" else "corruptions"
     print(f"{bm.name}: clean {100 * result.clean_acc:.2f} %, {robust} {100 * result.robust_acc:.2f} % "
           f"on {result.n_examples} {args.dataset} test images ({result.seconds:.0f} s, {result.runner})")
@@ -664,12 +677,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from . import distributed
+
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
     except AdvplugError as exc:
-        print(f"advplug: error: {exc}", file=sys.stderr)
+        rank = distributed.current().rank
+        print(f"advplug: error: {'[process %d] ' % rank if rank else ''}{exc}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()
     _warn_plugin_errors(args)
     return code
 

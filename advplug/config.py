@@ -74,6 +74,9 @@ class TrainConfig:
     device: str = "auto"
     amp: str | None = None  # "bf16": the training step (the trainer's attacks included) under CUDA autocast
     channels_last: bool = False  # model and batches in channels-last memory format (faster convs on GPUs)
+    compile: bool = False  # torch.compile the model for the training step (the trainer's passes)
+    sync_bn: bool = True  # under torchrun: BatchNorm statistics over the global batch (as one process); false:
+    # per process (DistributedDataParallel's default, less communication)
     out: str = "runs/latest"
     keep_checkpoints: bool = False  # also keep checkpoints/epoch_NNN.pt
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
@@ -252,7 +255,7 @@ def make_config(config=None, registry=None, **overrides) -> TrainConfig:
 
 
 #: config keys naming a registered thing, whose parameters are in ``<key>_params``
-SPEC_KEYS = ("trainer", "schedule", "sampler")
+SPEC_KEYS = ("trainer", "schedule", "sampler", "model")
 
 
 def split_spec_tables(values: dict) -> dict:

@@ -284,18 +284,19 @@ class BatchLoader:
     conversion to [0, 1] floats and augmentation on the target device."""
 
     def __init__(self, images, labels, batch_size, shuffle=False, augment=None, device="cpu",
-                 seed=0, drop_last=False):
+                 seed=0, drop_last=False, min_last=1):
         self.device = torch.device(device)
         # the whole split lives on the device (MNIST ~47 MB, CIFAR ~150 MB as uint8):
         # one copy up front instead of one per batch
         self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.min_last = batch_size if drop_last else min_last  # a smaller last batch is left out
         self.augment = {k: v for k, v in (augment or {}).items() if v}
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
         n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // self.batch_size + (n % self.batch_size >= self.min_last)
 
     def __iter__(self):
         n = len(self.labels)

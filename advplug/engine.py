@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from . import manifest as manifest_mod
 from .checkpoint import CHECKPOINT_FORMAT, atomic_save, safe_load
 from .config import TrainConfig, make_config
@@ -37,6 +38,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """The seed of process ``rank`` > 0 under torchrun (at ``epoch``: a run resumed with
+    another number of processes re-seeds there)."""
+    return (seed * 1_000_003 + rank * 7_919 + epoch) % 2**63
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,12 +151,15 @@ class Run:
     about).
     """
 
-    def __init__(self, cfg: TrainConfig, host=None, resume_state: dict | None = None):
+    def __init__(self, cfg: TrainConfig, host=None, resume_state: dict | None = None,
+                 dist: distributed.Distributed = distributed.SINGLE, device: str | None = None):
         self.config = cfg
         self.host = host or get_host()
         self.registry = self.host.registry
         self.out_dir = Path(cfg.out)
-        self.device = resolve_device(cfg.device)
+        self.dist = dist  # the torchrun process group (advplug.distributed); SINGLE without torchrun
+        self.device = resolve_device(device or cfg.device)
+        self.batch_share = 1.0  # this process's share of the current global batch
         self.config_threat = self.threat = cfg.threat
         self.history: list[dict] = []
         self.epoch = 0  # epochs completed
@@ -165,8 +175,18 @@ class Run:
         self._load_data()
         self._build_training()
         self.manifest = manifest_mod.new_manifest(self)
+        if self.dist.active:
+            self._join_group()
         if resume_state is not None:
             self._restore(resume_state)
+
+    def _join_group(self):
+        """Under torchrun: rank 0's weights everywhere, and a random stream of its own for
+        every other process (rank 0 keeps the single-process one)."""
+        self.dist.broadcast_module(self.model)
+        self.manifest["world_size"] = self.dist.world_size
+        if self.dist.rank:
+            seed_everything(rank_seed(self.config.seed, self.dist.rank, self.epoch))
 
     def _build_components(self):
         """The registered things the run names (parameters were checked with the config)."""
@@ -189,6 +209,10 @@ class Run:
         train_x, train_y = load_split(self.dataset, True, **load)
         test_x, test_y = load_split(self.dataset, False, **load)
         n_train = len(train_y)
+        if self.dist.world_size > cfg.batch_size:
+            raise AdvplugError(f"batch_size {cfg.batch_size} is smaller than the {self.dist.world_size} processes "
+                               f"torchrun started: every process needs rows of each batch; use --batch-size >= "
+                               f"{self.dist.world_size} (it is the global batch, split over the processes)")
         if cfg.monitor_size >= n_train:
             raise AdvplugError(f"monitor_size {cfg.monitor_size} leaves no training data ({n_train} samples)")
         # held-out monitor samples first, then the training subset, from one seeded permutation
@@ -200,21 +224,28 @@ class Run:
         self.train_monitor_idx = self.train_idx[:cfg.monitor_size]
         self.data = {"train": (train_x, train_y), "test": (test_x, test_y)}
         augment = self.registry.entry("datasets", cfg.dataset).check(cfg.augment)
+        # under torchrun every process draws the same global batches and trains on its rows; a
+        # last batch with fewer images than processes is left out
         self.loader = BatchLoader(train_x[self.train_idx], train_y[self.train_idx], cfg.batch_size,
-                                  shuffle=True, augment=augment, device=self.device, seed=cfg.seed)
+                                  shuffle=True, augment=augment, device=self.device, seed=cfg.seed,
+                                  min_last=self.dist.world_size)
 
     def _build_training(self):
         cfg = self.config
         self.spec = model_spec(cfg, self.dataset)
         self.model = build_model(self.spec, self.registry).to(self.device)
+        if cfg.sync_bn:  # under torchrun: BatchNorm over the global batch
+            self.model = distributed.sync_batchnorm(self.model)
         self.autocast = training_autocast(cfg, self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # the trainer's passes go through the compiled model; weights, checkpoints, the monitor
+        # and the evaluation use the module itself (the same parameters)
+        model = torch.compile(self.model) if cfg.compile else self.model
         if self.sampler is not None:  # the sampler composes the batches; the trainer takes the CE on them
-            self.trainer = SampledTrainer(self.model, self.threat, self.sampler, name=cfg.sampler,
-                                          **cfg.trainer_params)
+            self.trainer = SampledTrainer(model, self.threat, self.sampler, name=cfg.sampler, **cfg.trainer_params)
         else:
-            self.trainer = self.registry.get("trainers", cfg.trainer)(self.model, self.threat, **cfg.trainer_params)
+            self.trainer = self.registry.get("trainers", cfg.trainer)(model, self.threat, **cfg.trainer_params)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.lr_scheduler = make_lr_scheduler(cfg, self.optimizer, len(self.loader))
         self.trainer.bind(self)
@@ -232,8 +263,8 @@ class Run:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.trainer.load_state_dict(state.get("trainer", {}))
         self.loader.generator.set_state(state["loader_rng"])
-        set_rng_state(state["rng"])
         self.epoch = state["epoch"]
+        self._restore_rng(state)
         self.best = tuple(state["best"]) if state.get("best") else None
         self.history = list(state.get("history", []))
         previous = state.get("manifest") or {}
@@ -242,6 +273,25 @@ class Run:
             {"at_epoch": self.epoch, "time": manifest_mod.now()}]
         self.manifest["started"] = previous.get("started", self.manifest["started"])
         self.manifest["_wall_before"] = manifest_mod.wall_time_before(self.out_dir, previous)
+
+    def _restore_rng(self, state):
+        """Each process's random stream as saved. Weights, optimizer, LR schedule, data
+        order and trainer state do not depend on the number of processes (batches are
+        global); the random streams do: resumed with another number of processes, rank 0
+        continues the saved main stream and the others start fresh ones, said once."""
+        saved_world = int(state.get("world_size", 1))
+        ranks = state.get("rng_ranks")
+        if saved_world == self.dist.world_size and ranks:
+            set_rng_state(ranks[self.dist.rank])
+        elif self.dist.rank == 0:
+            set_rng_state(state["rng"])
+        else:
+            seed_everything(rank_seed(self.config.seed, self.dist.rank, self.epoch))
+        if saved_world != self.dist.world_size and self.dist.is_main:
+            warn(f"resuming a run written by {saved_world} process(es) with {self.dist.world_size}: weights, "
+                 f"optimizer, LR schedule, data order and trainer state continue exactly; the per-process random "
+                 f"streams (random starts, dropout) cannot be split the same way, so the rest of the run is not "
+                 f"bit-identical to an uninterrupted one")
 
     # -- files ----------------------------------------------------------------------
 
@@ -255,7 +305,8 @@ class Run:
         (self.out_dir / "subsets.json").write_text(json.dumps(subsets) + "\n")
         manifest_mod.write(self)
 
-    def checkpoint(self):
+    def checkpoint(self, rng_states: list | None = None):
+        """``rng_states``: every process's random state under torchrun (rank order)."""
         state = {
             "format": CHECKPOINT_FORMAT, "version": 1, "epoch": self.epoch,
             "config": self.config.to_dict(), "spec": self.spec,
@@ -263,7 +314,10 @@ class Run:
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "trainer": self.trainer.state_dict(), "loader_rng": self.loader.generator.get_state(),
             "rng": rng_state(), "history": self.history, "manifest": self.manifest, "best": self.best,
+            "world_size": self.dist.world_size,
         }
+        if rng_states is not None:
+            state["rng_ranks"] = rng_states
         ckpt_dir = self.out_dir / "checkpoints"
         atomic_save(state, ckpt_dir / "last.pt")
         if self.config.keep_checkpoints:
@@ -286,14 +340,30 @@ class Run:
         schedule on one of them, so the schedule keeps its length in epochs.
         ``after_backward``: a callable run between the backward pass and the optimizer step
         (the gradients are in ``.grad`` then), e.g. to put back weights the loss was taken
-        at (adversarial weight perturbation)."""
+        at (adversarial weight perturbation). Under torchrun the gradients are averaged over
+        the processes (weighted by their rows of the batch) before both."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(self.model.parameters(), self.batch_share)
         if after_backward is not None:
             after_backward()
         self.optimizer.step()
+        # autocast keeps low-precision copies of the weights for as long as its region lasts; a
+        # trainer that updates inside its step (free-at's replays) must not meet the old ones
+        torch.clear_autocast_cache()
         if step_lr and self.lr_scheduler is not None:
             self.lr_scheduler.step()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor):
+        """One batch: the trainer's step (channels-last and autocast as configured) and the
+        model's update -> the trainer's :class:`~advplug.trainers.base.StepOutput`."""
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            out = self.trainer.step(x, y)
+        if not self.trainer.updates_model:
+            self.optimizer_step(out.loss)
+        return out
 
     def train_epoch(self) -> dict:
         cfg, model, trainer = self.config, self.model, self.trainer
@@ -303,16 +373,15 @@ class Run:
         correct = torch.zeros((), device=dev)
         clean_correct = torch.zeros((), device=dev)
         seen = clean_seen = 0
-        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        show = (cfg.progress if cfg.progress is not None else sys.stderr.isatty()) and self.dist.is_main
         bar = tqdm(total=len(self.loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not show, leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(self.loader):
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                out = trainer.step(x, y)
-            if not trainer.updates_model:
-                self.optimizer_step(out.loss)
+            if self.dist.active:  # this process's rows of the global batch
+                rows = self.dist.rows(y.shape[0])
+                self.batch_share = (rows.stop - rows.start) / y.shape[0]
+                x, y = x[rows], y[rows]
+            out = self.train_step(x, y)
             n = y.shape[0]
             seen += n
             loss_sum += out.loss.detach() * n
@@ -332,11 +401,17 @@ class Run:
                                 clean=f"{100 * clean_correct.item() / max(clean_seen, 1):.1f}%")
             bar.update(1)
         bar.close()
+        # one read of the device per epoch (and one all-reduce under torchrun: the whole batch's numbers)
+        totals = torch.stack([loss_sum, correct, clean_correct,
+                              torch.tensor(float(seen), device=dev), torch.tensor(float(clean_seen), device=dev)])
+        loss_sum, correct, clean_correct, seen, clean_seen = self.dist.all_reduce_sum(totals.double()).tolist()
+        if not cfg.sync_bn:  # each process's BatchNorm statistics, averaged
+            self.dist.average_buffers(model)
         return {
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": 100 * correct.item() / max(seen, 1),
-            "train_clean_acc": 100 * clean_correct.item() / max(clean_seen, 1),
-            "train_samples": seen,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": 100 * correct / max(seen, 1),
+            "train_clean_acc": 100 * clean_correct / max(clean_seen, 1),
+            "train_samples": int(seen),
             **trainer.epoch_metrics(),
         }
 
@@ -359,19 +434,24 @@ class Run:
         try:
             return self._fit()
         except KeyboardInterrupt:
-            if self.out_dir.is_dir():
+            if self.dist.is_main and self.out_dir.is_dir():
                 manifest_mod.write(self, status="interrupted")
             raise RunInterrupted(self.out_dir, (self.out_dir / "checkpoints" / "last.pt").is_file()) from None
 
     def _fit(self) -> "Run":
-        self.write_start_files()
-        self.host.call("advplug_train_start", run=self)
+        main = self.dist.is_main  # under torchrun, rank 0 alone writes, prints and calls lifecycle hooks
+        if main:
+            self.write_start_files()
+            self.host.call("advplug_train_start", run=self)
         while self.epoch < self.config.epochs:
             reason = self.run_epoch()
             if reason:
                 self.stop_reason = str(reason)
-                print(f"stopping after epoch {self.epoch}: {self.stop_reason}", flush=True)
+                if main:
+                    print(f"stopping after epoch {self.epoch}: {self.stop_reason}", flush=True)
                 break
+        if not main:
+            return self
         self.host.call("advplug_fit_end", run=self)
         save_model(self.model, self.spec, self.out_dir / "model.pt", epoch=self.epoch)
         self.final_eval = self.evaluate_test()
@@ -394,19 +474,37 @@ class Run:
         metrics.update(self.train_epoch())
         metrics["epoch_time_s"] = time.perf_counter() - start
         self.check_diverged(metrics)
+        self.dist.check_in_sync(f"epoch {self.epoch + 1}", self.synced_tensors())
+        rng_states = self.dist.gather(rng_state()) if self.dist.active else None
+        self.epoch += 1
+        # under torchrun: rank 0 monitors, calls the lifecycle hooks and checkpoints; its
+        # weights (a hook may have restored an earlier epoch) and its decision to stop reach
+        # every process
+        reason = self.dist.on_main(self._end_epoch, metrics, attack_params, rng_states)
+        self.dist.broadcast_module(self.model)
+        return reason
+
+    def _end_epoch(self, metrics: dict, attack_params: dict, rng_states) -> str | None:
         mon_start = time.perf_counter()
         metrics.update(self.monitor())
         metrics["monitor_time_s"] = time.perf_counter() - mon_start
         metrics["eps"] = self.threat.eps
         metrics.update({f"attack_{k}": v for k, v in attack_params.items() if k != "eps"})
-        self.epoch += 1
         self.history.append(metrics)
         self.host.call("advplug_epoch_end", run=self, epoch=self.epoch, metrics=metrics)
         self.manifest["epoch_times_s"].append(metrics["epoch_time_s"])
-        print(format_epoch(metrics, self.trainer.adversarial, cfg.monitor_steps), flush=True)
-        self.checkpoint()
+        print(format_epoch(metrics, self.trainer.adversarial, self.config.monitor_steps), flush=True)
+        self.checkpoint(rng_states)
         manifest_mod.write(self)
-        return self.host.call_first("advplug_should_stop", run=self, epoch=self.epoch, metrics=metrics)
+        reason = self.host.call_first("advplug_should_stop", run=self, epoch=self.epoch, metrics=metrics)
+        return None if reason is None else str(reason)
+
+    def synced_tensors(self) -> dict:
+        """The tensors every process must hold alike: the model's state and every tensor
+        of the trainer's ``state_dict`` (e.g. the FGSM-SDI generator and its optimizer)."""
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        out.update(_tensors(self.trainer.state_dict(), "trainer"))
+        return out
 
     def check_diverged(self, metrics: dict) -> None:
         """A non-finite training loss is one error, before the epoch is checkpointed:
@@ -440,6 +538,17 @@ class Run:
         return result
 
 
+def _tensors(state, prefix: str) -> dict:
+    """``{dotted.name: tensor}`` of every tensor in a nested dict/list state."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    out = {}
+    for key, value in items:
+        out.update(_tensors(value, f"{prefix}.{key}"))
+    return out
+
+
 def format_epoch(m: dict, adversarial: bool, monitor_steps: int) -> str:
     parts = [f"epoch {m['epoch']}", f"loss {m['train_loss']:.4f}",
              f"train {'adv ' if adversarial else ''}acc {m['train_acc']:.2f}%",
@@ -458,7 +567,7 @@ def load_resume_state(path) -> dict:
     return safe_load(path, formats=(CHECKPOINT_FORMAT,))
 
 
-RESUMABLE_OVERRIDES = ("epochs", "out", "device", "data_root", "progress")
+RESUMABLE_OVERRIDES = ("epochs", "out", "device", "data_root", "progress", "compile")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -508,5 +617,7 @@ def train(config=None, *, resume=None, host=None, overwrite: bool = False, **ove
         check_output_dir(cfg.out)
     else:
         cfg = make_config(config, registry=registry, **overrides)
-        prepare_run_dir(cfg.out, overwrite)
-    return Run(cfg, host=host, resume_state=state).fit()
+    dist, device = distributed.setup(cfg.device)
+    if state is None:
+        dist.on_main(prepare_run_dir, cfg.out, overwrite)
+    return Run(cfg, host=host, resume_state=state, dist=dist, device=device).fit()

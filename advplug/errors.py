@@ -14,4 +14,7 @@ def warn(message: str) -> None:
     not stop the run (the report says it too where it concerns a number)."""
     import sys
 
-    print(f"advplug: warning: {message}", file=sys.stderr, flush=True)
+    from .distributed import current
+
+    if current().is_main:  # under torchrun every process would say the same
+        print(f"advplug: warning: {message}", file=sys.stderr, flush=True)

@@ -153,6 +153,9 @@ def advplug_register_models(registry):
 
 
 # -- lifecycle ----------------------------------------------------------------------
+# Under torchrun the lifecycle hooks run on rank 0 only (it writes the run's files); after
+# each epoch's hooks the model's weights go from rank 0 to every process, and rank 0's
+# answer to advplug_should_stop stops every process.
 
 @hookspec
 def advplug_train_start(run):

@@ -17,6 +17,7 @@ pytest.importorskip("advplug_defenses.trainers", reason="advplug-defenses is not
 
 import advplug  # noqa: E402
 from advplug.config import make_config  # noqa: E402
+from advplug.distributed import SINGLE  # noqa: E402
 from advplug.engine import Run  # noqa: E402
 from advplug.errors import AdvplugError  # noqa: E402
 from advplug.host import Host  # noqa: E402
@@ -50,8 +51,9 @@ def trained(mnist):
 
 def fake_run(model, lr=0.0, label_smoothing=0.0, epoch=0, threat=THREAT):
     """What a trainer uses of a Run, with the engine's own Run.optimizer_step."""
-    run = SimpleNamespace(config=SimpleNamespace(label_smoothing=label_smoothing), threat=threat, epoch=epoch,
-                          optimizer=torch.optim.SGD(model.parameters(), lr=lr), lr_scheduler=None)
+    run = SimpleNamespace(config=SimpleNamespace(label_smoothing=label_smoothing, sync_bn=True), threat=threat,
+                          epoch=epoch, optimizer=torch.optim.SGD(model.parameters(), lr=lr), lr_scheduler=None,
+                          model=model, dist=SINGLE, batch_share=1.0)
     run.optimizer_step = functools.partial(Run.optimizer_step, run)
     return run
 

@@ -43,6 +43,7 @@ import torch
 from ..attacks.autoattack_adapter import LOGGER_NAME, isolated_rng_and_trace
 from ..attacks.base import eval_frozen
 from ..data import BUILTIN_DATASETS, check_split_files, resolve_data_root
+from ..distributed import SINGLE
 from ..errors import AdvplugError
 from ..fingerprint import json_digest, state_digests
 from .compat import import_robustbench, official_autoattack
@@ -202,7 +203,7 @@ def run_benchmark(model: torch.nn.Module, *, dataset: str = "cifar10", threat: s
                   eps: float | None = None, n_examples: int = 10000, batch_size: int = 500, data_dir=None,
                   corruptions_data_dir=None, device="cpu", out_dir="runs/benchmark", seed: int = 0,
                   model_name: str | None = None, preprocessing=None, verify_checksums: bool = True,
-                  progress: bool = True, use_official: bool | None = None) -> BenchmarkResult:
+                  progress: bool = True, use_official: bool | None = None, dist=SINGLE) -> BenchmarkResult:
     """Run RobustBench's protocol on ``model`` (inputs in [0, 1], normalization inside).
 
     Writes ``autoattack.log``, ``autoattack_state.json`` (resumable: call again with the
@@ -210,6 +211,8 @@ def run_benchmark(model: torch.nn.Module, *, dataset: str = "cifar10", threat: s
     into ``out_dir``. ``model_name`` is a RobustBench zoo name (it picks ImageNet
     preprocessing); ``use_official`` forces or forbids ``robustbench.eval.benchmark``
     (default: use it when the official AutoAttack package is installed and the data verify).
+    Under torchrun (``dist``) the processes share AutoAttack's batches (advplug's runner:
+    ``benchmark()`` runs on one device) and the result is the single-process one.
     """
     check_threat(dataset, threat)
     if eps is None:
@@ -226,16 +229,18 @@ def run_benchmark(model: torch.nn.Module, *, dataset: str = "cifar10", threat: s
     start = time.time()
 
     if threat == "corruptions":
+        if dist.active:
+            raise AdvplugError("the corruptions benchmark runs in one process; start it without torchrun")
         return _run_corruptions(model, dataset, n_examples, batch_size, data_dir,
                                 corruptions_data_dir or resolve_data_root(data_dir), device, start, progress,
                                 verify_checksums)
 
     settings = {"dataset": dataset, "threat": threat, "eps": eps, "n_examples": n_examples, "seed": seed,
                 "batch_size": batch_size, "model": model_fingerprint(model)}
-    resumed = _check_resume(out, settings)
+    resumed = dist.on_main(_check_resume, out, settings)
     official = official_autoattack() if use_official is None else use_official
-    if official and not verify_checksums:
-        official = False  # benchmark() would re-download copies that fail the md5 check
+    if official and (not verify_checksums or dist.active):
+        official = False  # benchmark() would re-download copies that fail the md5 check; it uses one device
     if official:
         return _run_official(model, dataset, threat, eps, n_examples, batch_size, data_dir, device, out,
                              model_name, preprocessing, start, resumed)
@@ -245,19 +250,23 @@ def run_benchmark(model: torch.nn.Module, *, dataset: str = "cifar10", threat: s
     from robustbench.utils import clean_accuracy
 
     clean = clean_accuracy(model, x, y, batch_size=batch_size, device=device)
+    progress = progress and dist.is_main
     if progress:
         print(f"clean accuracy: {clean:.2%} on the first {n_examples} {dataset} test images", file=sys.stderr)
-    state_path, log_path = out / STATE_FILE, out / LOG_FILE
+    state_path = out / STATE_FILE
+    log_path = out / LOG_FILE if dist.is_main else out / f"{Path(LOG_FILE).stem}.rank{dist.rank}.log"
     if resumed and progress:
         done = ", ".join(load_state(state_path)["done"]) or "none finished"
         print(f"resuming AutoAttack from {state_path} (attacks done: {done})", file=sys.stderr)
     with _benchmark_log(log_path, progress) as logger, eval_frozen(model), isolated_rng_and_trace(device):
         state = run_autoattack(model, x, y, norm=threat, eps=eps, seed=seed, batch_size=batch_size, device=device,
-                               state_path=state_path, progress=progress, logger=logger, clock_start=start)
+                               state_path=state_path, progress=progress, logger=logger, clock_start=start,
+                               dist=dist)
     robust = state["robust_accuracy"]
     seconds = state.get("previous_sessions_s", 0.0) + time.time() - start  # every session of a resumed run
-    return BenchmarkResult(clean, robust, n_examples, dataset, threat, eps, seconds,
-                           "advplug+pyautoattack", resumed, str(log_path), str(state_path))
+    runner = "advplug+pyautoattack" + (f", {dist.world_size} processes" if dist.active else "")
+    return BenchmarkResult(clean, robust, n_examples, dataset, threat, eps, seconds, runner, resumed, str(log_path),
+                           str(state_path))
 
 
 def _run_official(model, dataset, threat, eps, n_examples, batch_size, data_dir, device, out,

@@ -16,9 +16,16 @@ it calls ``run_standard_evaluation`` on exactly the batch AutoAttack would form,
 ``attacks_to_run`` set to the one attack (the ``standard`` version's parameters stay as
 pyautoattack sets them). Per batch the result is the same computation as one whole run;
 the test suite checks the robust flags match a plain pyautoattack call. After every batch
-the state (flags, finished attacks, the current attack's starting flags and batches done)
-is written atomically, so an interrupted evaluation continues at the next batch and ends
-with the numbers an uninterrupted one would have given.
+the state (flags, finished attacks, the current attack's starting flags and the batches
+done) is written atomically, so an interrupted evaluation continues at the next batch and
+ends with the numbers an uninterrupted one would have given.
+
+Under torchrun (``dist``) the processes share each attack's batches -- the very batches one
+process would form, batch ``i`` to process ``i mod N`` -- and AND their robust flags when
+the attack ends, so the result is the single-process one. Each process keeps its own
+state file (rank 0 ``autoattack_state.json``, the others ``autoattack_state.rank<r>.json``);
+a resumed evaluation, with any number of processes, merges them: flags ANDed, batches done
+united.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..distributed import SINGLE
 from ..errors import AdvplugError
 
 STATE_FORMAT = "advplug-autoattack-state/1"
@@ -63,7 +71,7 @@ def _predict(model, x, batch_size, device) -> torch.Tensor:
 
 def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size: int, device, state_path,
                    progress: bool = True, logger: logging.Logger | None = None,
-                   attacks=STANDARD_ATTACKS, clock_start: float | None = None) -> dict:
+                   attacks=STANDARD_ATTACKS, clock_start: float | None = None, dist=SINGLE) -> dict:
     """AutoAttack standard on ``(x, y)``; returns the final state (``robust_flags``,
     ``clean_accuracy``, ``robust_accuracy``, ``done``, ``elapsed_s``). Continues from
     ``state_path`` if it exists. ``attacks`` runs a prefix/subset of the standard attacks
@@ -75,22 +83,16 @@ def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size:
 
     state_path = Path(state_path)
     logger = logger or logging.getLogger("advplug.benchmark")
-    if state_path.exists():
-        state = load_state(state_path)
-        if len(state["robust_flags"]) != len(x) or state["attacks"] != list(attacks):
-            raise AdvplugError(f"{state_path} holds {len(state['robust_flags'])} examples and attacks "
-                               f"{state['attacks']}, not {len(x)} and {list(attacks)}; "
-                               f"delete it to start over")
-    else:
-        flags = _predict(model, x, batch_size, device) == y.cpu()
-        state = {"format": STATE_FORMAT, "attacks": list(attacks), "done": [], "current": None,
-                 "robust_flags": flags, "clean_accuracy": flags.float().mean().item()}
+    state = dist.on_main(_starting_state, model, x, y, attacks, batch_size, device, state_path)
+    state["robust_flags"] = torch.tensor(state["robust_flags"], dtype=torch.bool)
     before = float(state.get("elapsed_s") or 0.0)
     state["previous_sessions_s"] = before
+    own_path = state_path if dist.is_main else shard_path(state_path, dist.rank)
+    progress = progress and dist.is_main
 
     def save():
         state["elapsed_s"] = before + time.time() - clock_start
-        _save(state_path, _jsonable(state))
+        _save(own_path, _jsonable(state))
 
     save()
     adversary = autoattack_module().AutoAttack(model, norm=norm, eps=eps, version="standard", device=device,
@@ -108,31 +110,91 @@ def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size:
             break
         current = state["current"] if (state["current"] or {}).get("attack") == attack else None
         if current is None:
-            current = {"attack": attack, "start_flags": flags.tolist(), "batches_done": 0}
+            current = {"attack": attack, "start_flags": flags.tolist(), "batches_done": []}
         robust_idx = torch.tensor(current["start_flags"], dtype=torch.bool).nonzero().flatten()
         batches = [robust_idx[i:i + batch_size] for i in range(0, len(robust_idx), batch_size)]
         adversary.attacks_to_run = [attack]
-        bar = tqdm(total=len(batches), initial=current["batches_done"], desc=f"autoattack {attack}",
-                   disable=not progress, leave=True)
-        for number in range(current["batches_done"], len(batches)):
+        todo = [n for n in dist.mine(len(batches)) if n not in set(current["batches_done"])]
+        bar = tqdm(total=len(batches), initial=len(batches) - len(todo) * dist.world_size,
+                   desc=f"autoattack {attack}", disable=not progress, leave=True)
+        for number in todo:
             idx = batches[number]
             _, y_adv = adversary.run_standard_evaluation(x[idx].to(device), y[idx].to(device),
                                                          batch_size=len(idx))
             flags[idx] &= y_adv.cpu() == y[idx].cpu()
-            current["batches_done"] = number + 1
+            current["batches_done"] = sorted({*current["batches_done"], number})
             state.update(robust_flags=flags, current=current)
             save()
             bar.set_postfix(robust=f"{flags.float().mean().item():.2%}")
-            bar.update(1)
+            bar.update(dist.world_size)
         bar.close()
+        if dist.active:  # each process cleared the flags of its batches only
+            flags = torch.tensor(dist.gather(flags.tolist()), dtype=torch.bool).all(0)
+            state["robust_flags"] = flags
         state["done"].append(attack)
         state["current"] = None
         save()
         logger.info("robust accuracy after %s: %.2f%% (%d batches, %.1f s)", attack.upper(),
                     100 * flags.float().mean().item(), len(batches), time.time() - start)
     state["robust_accuracy"] = flags.float().mean().item()
+    if dist.active:  # every process saved the same finished state: rank 0's file is the one kept
+        dist.barrier()
+        if dist.is_main:
+            for rank in range(1, dist.world_size):
+                shard_path(state_path, rank).unlink(missing_ok=True)
     return state
 
 
 def _jsonable(state: dict) -> dict:
     return {**state, "robust_flags": state["robust_flags"].tolist()}
+
+
+def shard_path(state_path: Path, rank: int) -> Path:
+    """The state file of process ``rank`` > 0 under torchrun."""
+    return state_path.with_name(f"{state_path.stem}.rank{rank}{state_path.suffix}")
+
+
+def _starting_state(model, x, y, attacks, batch_size, device, state_path: Path) -> dict:
+    """The state to continue from (JSON-able): the saved one, merged with the state files of
+    the processes of a sharded evaluation; a new one (clean flags) when nothing is saved."""
+    shards = sorted(state_path.parent.glob(shard_path(state_path, 0).name.replace(".rank0", ".rank*")))
+    saved = [load_state(p) for p in [state_path, *shards] if p.exists()]
+    if not saved:
+        flags = _predict(model, x, batch_size, device) == y.cpu()
+        return {"format": STATE_FORMAT, "attacks": list(attacks), "done": [], "current": None,
+                "robust_flags": flags.tolist(), "clean_accuracy": flags.float().mean().item()}
+    for state, path in zip(saved, [state_path, *shards]):
+        if len(state["robust_flags"]) != len(x) or state["attacks"] != list(attacks):
+            raise AdvplugError(f"{path} holds {len(state['robust_flags'])} examples and attacks "
+                               f"{state['attacks']}, not {len(x)} and {list(attacks)}; "
+                               f"delete it to start over")
+    state = _merged(saved)
+    for p in shards:  # folded into the main state file, written next
+        p.unlink()
+    _save(state_path, _jsonable(state))
+    return _jsonable(state)
+
+
+def _merged(states: list) -> dict:
+    """One state from those of several processes: the furthest along (most attacks done)
+    is the base; the others at the same point add the batches they finished (flags ANDed)."""
+    base = max(states, key=lambda s: len(s["done"]))
+    state = {**base, "current": dict(base["current"]) if base["current"] else None}
+    _batches_as_list(state["current"])
+    for other in states:
+        same_point = other["done"] == base["done"] and (other["current"] or {}).get("attack") == \
+            (base["current"] or {}).get("attack")
+        if other is base or not same_point:
+            continue
+        state["robust_flags"] = state["robust_flags"] & other["robust_flags"]
+        if state["current"]:
+            done = _batches_as_list(dict(other["current"]))["batches_done"]
+            state["current"]["batches_done"] = sorted({*state["current"]["batches_done"], *done})
+    return state
+
+
+def _batches_as_list(current: dict | None) -> dict | None:
+    """``batches_done`` as the list of batch numbers (states saved before sharding: a count)."""
+    if current is not None and isinstance(current.get("batches_done"), int):
+        current["batches_done"] = list(range(current["batches_done"]))
+    return current

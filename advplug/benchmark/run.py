@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed import SINGLE
 from ..errors import AdvplugError
 from ..manifest import versions
 from .model_info import build_model_info, write_model_info
@@ -123,4 +124,6 @@ def benchmark_to_model_info(bm: BenchmarkModel, out_dir, *, dataset: str, threat
                  "wall_time_s": round(result.seconds, 1), "resumed": result.resumed,
                  "autoattack_log": f"{bm.name}/{Path(result.log_path).name}" if result.log_path else None,
                  "versions": versions(), **result.extra})
+    if not protocol.get("dist", SINGLE).is_main:  # under torchrun rank 0 writes
+        return result, None
     return result, write_model_info(info, Path(out_dir) / f"{bm.name}.json")

@@ -123,6 +123,42 @@ class Trainer:
         """Called by the run after ε changed; a trainer that built things from the threat
         (attacks, a sampler) builds them again here."""
 
+    def average_gradients(self, params) -> None:
+        """Under ``torchrun``: the ``.grad`` of ``params`` averaged over the processes, each
+        weighted by its rows of the batch -- what a trainer with modules and an optimizer of
+        its own (a generator) calls before that optimizer's step, so the module stays the
+        same on every process (the engine does this for the model). A no-op in one process."""
+        dist = getattr(self.run, "dist", None)
+        if dist is not None:
+            dist.average_gradients(params, self.run.batch_share)
+
+    def average_tensors(self, tensors) -> None:
+        """Under ``torchrun``: each tensor (e.g. gradients a trainer took itself with
+        ``torch.autograd.grad``) replaced in place by its mean over the processes, weighted
+        by their rows of the batch. A no-op in one process."""
+        dist = getattr(self.run, "dist", None)
+        if dist is not None:
+            dist.average_(list(tensors), self.run.batch_share)
+
+    def own_module(self, module):
+        """A module the trainer trains itself (a generator), prepared as the engine prepares
+        the model: under ``torchrun`` with ``sync_bn`` (the default) its BatchNorm layers
+        take their statistics over the global batch. Returns the module to use."""
+        if self.run is not None and self.run.config.sync_bn:
+            from ..distributed import sync_batchnorm
+
+            module = sync_batchnorm(module)
+        return module
+
+    def average_buffers(self, module) -> None:
+        """Under ``torchrun`` without ``sync_bn``: ``module``'s floating-point buffers
+        (BatchNorm running statistics, gathered by each process on its own rows) averaged
+        over the processes; a trainer calls it after training a module of its own in train
+        mode. A no-op in one process or with ``sync_bn``."""
+        dist = getattr(self.run, "dist", None)
+        if dist is not None and not self.run.config.sync_bn:
+            dist.average_buffers(module)
+
     def epoch_metrics(self) -> dict:
         """Called by the engine after each epoch's batches: extra numbers for that epoch's
         metrics (``metrics.jsonl``); a trainer that counts things per epoch resets here."""

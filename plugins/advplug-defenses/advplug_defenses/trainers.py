@@ -271,6 +271,7 @@ class AWPTrainer(Trainer):
         buffers = [b.detach().clone() for b in self.model.buffers()]
         loss = self.base.adversarial_loss(x, x_adv, y).loss
         grads = torch.autograd.grad(loss, params, allow_unused=True)
+        self.average_tensors(g for g in grads if g is not None)  # under torchrun: one v on every process
         gamma = float(self.params["gamma"])
         with torch.no_grad():
             for b, saved in zip(self.model.buffers(), buffers):

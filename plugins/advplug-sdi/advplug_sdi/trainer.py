@@ -78,7 +78,7 @@ class FGSMSDITrainer(Trainer):
                 raise AdvplugError(f"trainer 'fgsm-sdi': the generator was built for {self.generator.channels}-channel "
                                    f"images, got {channels} channels")
             return
-        self.generator = InitGenerator(channels, self.params["width"]).to(device)
+        self.generator = self.own_module(InitGenerator(channels, self.params["width"]).to(device))
         self.gen_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.params["gen_lr"],
                                               weight_decay=self.params["gen_weight_decay"])
 
@@ -142,6 +142,8 @@ class FGSMSDITrainer(Trainer):
         params = [p for p in self.generator.parameters() if p.requires_grad]
         for p, g in zip(params, torch.autograd.grad(-loss, params)):
             p.grad = g
+        self.average_gradients(params)  # under torchrun: the generator stays one on every process
+        self.average_buffers(self.generator)  # (its BatchNorm statistics too)
         for group in self.gen_optimizer.param_groups:
             group["lr"] = self.gen_lr()
         self.gen_optimizer.step()
