@@ -30,9 +30,17 @@ def torchrun(args, nproc=2):
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
-def one_process(args):
-    return subprocess.run([sys.executable, "-m", "advplug", "train", *args], env=ENV, capture_output=True,
-                          text=True, timeout=300)
+def one_process(args, command="train"):
+    """The same command in this process (what `advplug ...` runs), its exit status checked;
+    one torch thread, as each torchrun process has (sums in the same order)."""
+    from advplug.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([command, *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _checkpoint(run_dir):
@@ -49,9 +57,9 @@ def _ok(proc):
     return proc
 
 
-def test_pgd_at_on_two_processes_trains_the_one_process_model(tmp_path, data_root):
+def test_pgd_at_on_two_processes_trains_the_one_process_model(tmp_path, data_root, capsys):
     trainer = "pgd-at:steps=3,random_start=false"  # no random start: the same attack in both runs
-    _ok(one_process(_args(tmp_path, data_root, "one", trainer)))
+    one_process(_args(tmp_path, data_root, "one", trainer))
     ddp = _ok(torchrun(_args(tmp_path, data_root, "two", trainer)))
     one, two = _checkpoint(tmp_path / "one"), _checkpoint(tmp_path / "two")
     assert _max_diff(one["model"], two["model"]) < TOLERANCE
@@ -72,14 +80,14 @@ def test_pgd_at_on_two_processes_trains_the_one_process_model(tmp_path, data_roo
     # to the model an uninterrupted 2-process run reaches
     first = _ok(torchrun(_args(tmp_path, data_root, "resumed", trainer, epochs=1)))
     assert "epoch 1 |" in first.stdout
-    resumed = _ok(one_process(["--resume", str(tmp_path / "resumed"), "--epochs", "2", "--no-progress"]))
-    assert "resuming a run written by 2 process(es) with 1" in resumed.stderr
+    one_process(["--resume", str(tmp_path / "resumed"), "--epochs", "2", "--no-progress"])
+    assert "resuming a run written by 2 process(es) with 1" in capsys.readouterr().err
     assert _max_diff(_checkpoint(tmp_path / "resumed")["model"], two["model"]) < TOLERANCE
 
 
 def test_fgsm_sdi_generator_is_one_on_every_process_and_matches_one_process(tmp_path, data_root):
     trainer = "fgsm-sdi:k=2"  # a generator update every other batch
-    _ok(one_process(_args(tmp_path, data_root, "one", trainer)))
+    one_process(_args(tmp_path, data_root, "one", trainer))
     _ok(torchrun(_args(tmp_path, data_root, "two", trainer)))  # fails if the generators drifted apart
     one, two = _checkpoint(tmp_path / "one"), _checkpoint(tmp_path / "two")
     assert _max_diff(one["model"], two["model"]) < TOLERANCE
@@ -96,7 +104,7 @@ def test_batchnorm_over_the_global_batch_matches_one_process(tmp_path, data_root
     gradients into whole steps, which BatchNorm's cross-sample terms make common.)"""
     args = dict(trainer="standard", model="preact-resnet18:width=4", dataset="cifar10",
                 epochs=1, extra=("--no-verify-checksums", "--no-augment", "--lr", "0.01"))
-    _ok(one_process(_args(tmp_path, data_root, "one", **args)))
+    one_process(_args(tmp_path, data_root, "one", **args))
     _ok(torchrun(_args(tmp_path, data_root, "synced", **args)))
     per_process = dict(args, extra=args["extra"] + ("--no-sync-bn",))
     _ok(torchrun(_args(tmp_path, data_root, "local", **per_process)))
@@ -106,24 +114,29 @@ def test_batchnorm_over_the_global_batch_matches_one_process(tmp_path, data_root
 
 
 def test_a_batch_smaller_than_the_process_count_is_one_clear_error(tmp_path, data_root):
-    proc = torchrun(_args(tmp_path, data_root, "run", "standard", extra=("--batch-size", "1")))
-    assert proc.returncode != 0
-    assert "batch_size 1 is smaller than the 2 processes" in proc.stderr
+    from advplug.config import make_config
+    from advplug.distributed import Distributed
+    from advplug.engine import Run
+    from advplug.errors import AdvplugError
+    from conftest import tiny_config
+
+    cfg = make_config(tiny_config(tmp_path, data_root, batch_size=1))
+    with pytest.raises(AdvplugError, match="batch_size 1 is smaller than the 2 processes torchrun started"):
+        Run(cfg, dist=Distributed(rank=0, world_size=2))  # refused before any collective
 
 
 def test_a_sharded_evaluation_is_the_one_process_evaluation_sample_by_sample(tmp_path, data_root,
                                                                              standard_model_path):
-    """Two processes attack alternate batches (4 batches of 16 images); the gathered
+    """Two processes attack alternate batches (3 batches of 16 images: 2 and 1); the gathered
     per-sample results, accuracies and notes are one process's, AutoAttack's APGD included."""
     args = ["eval", "--model", str(standard_model_path), "--attacks", "fgsm,pgd:steps=3,deepfool,apgd",
-            "--eps", "0.1", "--test-subset", "64", "--batch-size", "16", "--data-root", str(data_root),
+            "--eps", "0.1", "--test-subset", "48", "--batch-size", "16", "--data-root", str(data_root),
             "--no-progress"]
-    one = subprocess.run([sys.executable, "-m", "advplug", *args, "--out", str(tmp_path / "one")], env=ENV,
-                         capture_output=True, text=True, timeout=300)
+    one_process([*args[1:], "--out", str(tmp_path / "one")], command="eval")
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "advplug", *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True,
                          text=True, timeout=300)
-    _ok(one), _ok(two)
+    _ok(two)
     assert two.stdout.count("written:") == 1  # rank 0 alone reports
     stored = sorted(p.name for p in (tmp_path / "one" / "results").iterdir())
     assert len(stored) == 4 and stored == sorted(p.name for p in (tmp_path / "two" / "results").iterdir())
@@ -146,7 +159,7 @@ def test_a_sharded_autoattack_benchmark_is_the_one_process_benchmark(tmp_path, d
     advplug_train = ["--dataset", "cifar10", "--no-verify-checksums", "--model", "mnist-cnn", "--trainer", "standard",
                      "--train-subset", "1000", "--epochs", "2", "--monitor-size", "0", "--eval-steps", "0",
                      "--test-subset", "16", "--data-root", str(data_root), "--no-progress", "--out", str(tmp_path / "m")]
-    _ok(one_process(advplug_train))
+    one_process(advplug_train)
     args = ["benchmark", "--model", str(tmp_path / "m" / "model.pt"), "--dataset", "cifar10", "--n-examples", "40",
             "--batch-size", "8", "--eps", "4/255", "--no-verify-checksums", "--data-root", str(data_root), "--quiet"]
     _ok(subprocess.run([sys.executable, "-m", "advplug", *args, "--out", str(tmp_path / "one")], env=ENV,
