@@ -13,7 +13,7 @@ import torch
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 #: largest |weight difference| allowed between a 2-process run and one process: the
 #: processes compute the same sums in another order (float rounding), which an optimizer
-#: and a sign-gradient attack carry on for a few steps; seen 1.4e-7 (pgd-at), 5.6e-6 (fgsm-sdi)
+#: and a sign-gradient attack carry on for a few steps; seen 2.6e-7 (pgd-at), 2.8e-6 (fgsm-sdi)
 TOLERANCE = 1e-4
 
 
