@@ -114,9 +114,10 @@ def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size:
         robust_idx = torch.tensor(current["start_flags"], dtype=torch.bool).nonzero().flatten()
         batches = [robust_idx[i:i + batch_size] for i in range(0, len(robust_idx), batch_size)]
         adversary.attacks_to_run = [attack]
-        todo = [n for n in dist.mine(len(batches)) if n not in set(current["batches_done"])]
-        bar = tqdm(total=len(batches), initial=len(batches) - len(todo) * dist.world_size,
-                   desc=f"autoattack {attack}", disable=not progress, leave=True)
+        done = set(current["batches_done"])
+        todo = [n for n in dist.mine(len(batches)) if n not in done]  # every N-th batch under torchrun
+        bar = tqdm(total=len(todo), desc=f"autoattack {attack}" + (" (rank 0's share)" if dist.active else ""),
+                   disable=not progress, leave=True)
         for number in todo:
             idx = batches[number]
             _, y_adv = adversary.run_standard_evaluation(x[idx].to(device), y[idx].to(device),
@@ -126,7 +127,7 @@ def run_autoattack(model, x, y, *, norm: str, eps: float, seed: int, batch_size:
             state.update(robust_flags=flags, current=current)
             save()
             bar.set_postfix(robust=f"{flags.float().mean().item():.2%}")
-            bar.update(dist.world_size)
+            bar.update(1)
         bar.close()
         if dist.active:  # each process cleared the flags of its batches only
             flags = torch.tensor(dist.gather(flags.tolist()), dtype=torch.bool).all(0)
@@ -157,7 +158,7 @@ def shard_path(state_path: Path, rank: int) -> Path:
 def _starting_state(model, x, y, attacks, batch_size, device, state_path: Path) -> dict:
     """The state to continue from (JSON-able): the saved one, merged with the state files of
     the processes of a sharded evaluation; a new one (clean flags) when nothing is saved."""
-    shards = sorted(state_path.parent.glob(shard_path(state_path, 0).name.replace(".rank0", ".rank*")))
+    shards = sorted(state_path.parent.glob(f"{state_path.stem}.rank*{state_path.suffix}"))
     saved = [load_state(p) for p in [state_path, *shards] if p.exists()]
     if not saved:
         flags = _predict(model, x, batch_size, device) == y.cpu()
