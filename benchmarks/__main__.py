@@ -176,8 +176,8 @@ def gpu_commands() -> dict:
     data = os.environ.get("ADVPLUG_DATA")
     env = f"ADVPLUG_DATA={shlex.quote(data)} " if data else ""
     return {"bench": f"{env}.venv/bin/python -m benchmarks --only gpu --no-verify-checksums --out runs/bench-gpu.md",
-            "wong2020": f"{env}.venv/bin/python -m advplug reproduce wong2020-cifar10-fgsm-rs --device cuda --amp bf16 "
-                        f"--channels-last --no-verify-checksums --out runs/reproduce"}
+            "wong2020": f"{env}.venv/bin/python -m advplug reproduce wong2020-cifar10-fgsm-rs --seeds 0 --device cuda "
+                        f"--amp bf16 --channels-last --no-verify-checksums --out runs/reproduce"}
 
 
 def gpu_skip_line() -> str:
