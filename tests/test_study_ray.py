@@ -71,7 +71,12 @@ def results(out):
 @pytest.mark.slow
 def test_ray_study_trains_the_runs_as_tasks_and_gives_the_sequential_table(tmp_path, data_root, capsys):
     ray = pytest.importorskip("ray")
-    assert cli.main(study_argv(data_root, tmp_path / "seq")) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each task (--ray-cpus 1): CPU sums in the same order
+    try:
+        assert cli.main(study_argv(data_root, tmp_path / "seq")) == 0
+    finally:
+        torch.set_num_threads(threads)
     capsys.readouterr()
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
