@@ -289,7 +289,7 @@ class BatchLoader:
         # the whole split lives on the device (MNIST ~47 MB, CIFAR ~150 MB as uint8):
         # one copy up front instead of one per batch
         self.images, self.labels = images.to(self.device), labels.to(self.device)
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.batch_size, self.shuffle = batch_size, shuffle
         self.min_last = batch_size if drop_last else min_last  # a smaller last batch is left out
         self.augment = {k: v for k, v in (augment or {}).items() if v}
         self.generator = torch.Generator().manual_seed(seed)

@@ -101,7 +101,11 @@ class Distributed:
         params = [p for p in params if p.requires_grad]
         if not params:
             return
-        had = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+        # the flags are made on the device (a list copied from the host would wait for it)
+        had = torch.ones(len(params), device=params[0].device)
+        for i, p in enumerate(params):
+            if p.grad is None:
+                had[i] = 0
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         self.average_(grads + [had], weight)
         # a parameter with a gradient here has one after; only where some had none is the

@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts import each other by bare name
 
 from bench_engine import bench  # noqa: E402
-from bench_gpu import FLOP_BATCHES  # noqa: E402
+from bench_gpu import FLOP_BATCHES, PGD_STEPS, TRAINERS  # noqa: E402 (the trainers every group compares)
 from epoch_timing import interleaved_epoch_times, ratio_rows  # noqa: E402
 
 from advplug.config import make_config  # noqa: E402
@@ -48,7 +48,7 @@ from advplug.engine import Run, make_optimizer  # noqa: E402
 from advplug.params import MADRY_STEP, resolve_step  # noqa: E402
 
 GROUPS = ("engine", "art", "recipes", "gpu")
-EPS, STEPS = 0.3, 10
+EPS, STEPS = 0.3, PGD_STEPS
 ART_NOTE = ("ART rows: the same work on both sides -- the network has no dropout or batch norm (ART takes its "
             "attacks, and FBF its training step, in eval mode; advplug in training mode, as the papers), and ART's FBF "
             "per-batch step runs at the optimizer's LR, not under the LR schedule built into its fit() (peak 0.21, "
@@ -57,8 +57,6 @@ ART_NOTE = ("ART rows: the same work on both sides -- the network has no dropout
 ART_UNEQUAL = ("UNEQUAL WORK in the ART rows: {model} has {layers}, which ART's eval-mode passes (its attacks; FBF: "
                "its whole step) skip and advplug's training-mode ones do not; --model madry2018-mnist has none. ART's "
                "FBF per-batch step runs at the optimizer's LR, not under the LR schedule built into its fit()")
-TRAINERS = {"standard": ("standard", {}), "fgsm-rs": ("fgsm-rs", {}), "fgsm-sdi": ("fgsm-sdi", {}),
-            "pgd-at(10)": ("pgd-at", {"steps": STEPS})}
 
 
 def advplug_run(trainer, params, args, model):

@@ -34,8 +34,10 @@ from advplug.config import make_config
 from advplug.engine import Run
 from epoch_timing import interleaved_epoch_times
 
+PGD_STEPS = 10
+#: the trainers the benchmark compares: label -> (registered name, parameters)
 TRAINERS = {"standard": ("standard", {}), "fgsm-rs": ("fgsm-rs", {}), "fgsm-sdi": ("fgsm-sdi", {}),
-            "pgd-at(10)": ("pgd-at", {"steps": 10})}
+            f"pgd-at({PGD_STEPS})": ("pgd-at", {"steps": PGD_STEPS})}
 MODES = {"fp32": (None, False), "bf16+channels-last": ("bf16", True)}  # name: (amp, channels_last)
 FLOP_BATCHES = 20
 
